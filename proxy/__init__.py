@@ -1,0 +1,13 @@
+"""twitch-oauth-proxy: holds a Twitch app's secret and users' tokens for widgets.
+
+Where things are:
+
+- a request enters in :mod:`proxy.app` (routes and middlewares are wired there),
+- ``/login``, ``/callback`` and ``/refresh`` are in :mod:`proxy.oauth`,
+- ``/helix/*`` is in :mod:`proxy.helix`,
+- tokens live in :mod:`proxy.grants` on top of a :mod:`proxy.store` backend,
+- refresh happens in :mod:`proxy.refresh`, and only there,
+- everything said to Twitch goes through :mod:`proxy.twitch`.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,252 @@
+"""Every error the proxy answers with, and the middleware that renders them.
+
+The hierarchy::
+
+    ProxyError                      (500 internal_error)
+    ├── InvalidRequest              (400 invalid_request)
+    │   ├── InvalidState            (400 invalid_state)
+    │   └── InvalidPath             (400 invalid_path)
+    ├── AccessDenied                (400 access_denied)
+    ├── InvalidProxyKey             (401 invalid_proxy_key)
+    ├── ReauthorizationRequired     (401 reauthorization_required)
+    ├── Forbidden                   (403 forbidden)
+    ├── PayloadTooLarge             (413 payload_too_large)
+    ├── RateLimited                 (429 rate_limited)
+    ├── TwitchRefused               (Twitch's own 4xx status and body)
+    ├── UpstreamError               (502 upstream_error)
+    │   ├── UpstreamUnreachable     (502 upstream_unreachable)
+    │   ├── UpstreamBadResponse     (502 upstream_bad_response)
+    │   ├── UpstreamUnavailable     (503 upstream_unavailable, Retry-After)
+    │   └── UpstreamTimeout         (504 upstream_timeout)
+    └── store.StoreUnavailable      (503 store_unavailable, Retry-After)
+        └── store.LockTimeout       (503 store_busy)
+
+Every one renders as JSON ``{"error": code, "message": text}`` plus any extra
+fields the error carries. Messages are written by the proxy, never copied from
+a request, so they cannot carry a token. ``web.HTTPException`` raised by aiohttp
+itself (404, 405, ...) passes through, re-rendered as the same JSON shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+__all__ = [
+    "AccessDenied",
+    "Forbidden",
+    "InvalidPath",
+    "InvalidProxyKey",
+    "InvalidRequest",
+    "InvalidState",
+    "PayloadTooLarge",
+    "ProxyError",
+    "RateLimited",
+    "ReauthorizationRequired",
+    "TwitchRefused",
+    "UpstreamBadResponse",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "UpstreamUnreachable",
+    "error_middleware",
+    "json_error",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy turns into a JSON answer."""
+
+    status: int = 500
+    code: str = "internal_error"
+    retry_after: int | None = None
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        self.message = message or self.__class__.__doc__ or self.code
+        self.extra = extra
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON object sent to the client."""
+        return {"error": self.code, "message": self.message, **self.extra}
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (Retry-After for the retryable ones)."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(self.retry_after)}
+
+
+class InvalidRequest(ProxyError):
+    """The request is malformed."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class InvalidState(InvalidRequest):
+    """The OAuth state is missing, unknown, expired, reused or not this browser's."""
+
+    code = "invalid_state"
+
+
+class InvalidPath(InvalidRequest):
+    """The Helix path would leave the Helix base URL."""
+
+    code = "invalid_path"
+
+
+class AccessDenied(ProxyError):
+    """The user declined the authorization on Twitch."""
+
+    status = 400
+    code = "access_denied"
+
+
+class InvalidProxyKey(ProxyError):
+    """The proxy key is unknown or revoked."""
+
+    status = 401
+    code = "invalid_proxy_key"
+
+
+class ReauthorizationRequired(ProxyError):
+    """Twitch no longer accepts this grant's refresh token: the user must log in again."""
+
+    status = 401
+    code = "reauthorization_required"
+
+
+class Forbidden(ProxyError):
+    """The request is not allowed by this proxy's configuration."""
+
+    status = 403
+    code = "forbidden"
+
+
+class PayloadTooLarge(ProxyError):
+    """The request body is larger than this proxy accepts."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimited(ProxyError):
+    """Too many requests; retry after the given number of seconds."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = max(1, retry_after)
+
+
+class TwitchRefused(ProxyError):
+    """Twitch refused a token request; its status and JSON body are passed on.
+
+    ``permanent`` is True when the refusal means the refresh token is dead and
+    only a new login helps (as opposed to a configuration error such as an
+    invalid client secret).
+    """
+
+    code = "twitch_refused"
+
+    def __init__(self, status: int, payload: dict[str, Any], *, permanent: bool) -> None:
+        self.status = status
+        self.payload = payload
+        self.permanent = permanent
+        super().__init__(str(payload.get("message") or "Twitch refused the request"))
+
+    def body(self) -> dict[str, Any]:
+        return self.payload
+
+
+class UpstreamError(ProxyError):
+    """Twitch answered in a way the proxy cannot use."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Twitch could not be reached."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamBadResponse(UpstreamError):
+    """Twitch sent a response the proxy could not understand."""
+
+    code = "upstream_bad_response"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Twitch is temporarily failing; the stored token was kept, retry later."""
+
+    status = 503
+    code = "upstream_unavailable"
+    retry_after = 5
+
+
+class UpstreamTimeout(UpstreamError):
+    """Twitch did not answer in time."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+               **extra: Any) -> web.Response:
+    """Build the JSON error response every error path uses."""
+    return web.Response(
+        status=status,
+        text=json.dumps({"error": code, "message": message, **extra}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    431: "headers_too_large",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into ``{"error", "message"}`` JSON; log the unexpected once."""
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.code)
+        return web.Response(
+            status=exc.status,
+            text=json.dumps(exc.body()),
+            content_type="application/json",
+            headers=exc.headers(),
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json" or exc.text and \
+                exc.content_type == "text/html":
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return json_error(exc.status, code, exc.reason, headers=headers)
+    except Exception:
+        # Logged with its traceback, but never with locals: the traceback names
+        # code lines, not the tokens that were in flight.
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return json_error(500, "internal_error", "Unexpected error; see the proxy's log.")
