@@ -1,0 +1,261 @@
+"""The SQLite token store (``sqlite:///relative.sqlite3``, ``sqlite:////abs/path``).
+
+One file shared by every worker on one host. Each statement runs in
+autocommit, so every operation is one atomic statement and no transaction is
+ever left open. The file is in WAL mode, so readers never wait for a writer;
+a writer waits up to ``busy_timeout`` for another and then gives up with
+:class:`StoreUnavailable`.
+
+Schema::
+
+    kv(key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)
+    locks(name TEXT PRIMARY KEY, owner TEXT, expires_at REAL)
+
+Expiry times are wall-clock seconds (``time.time()``) because several
+processes compare them. An expired row counts as absent and is purged lazily.
+The per-key lock is a ``locks`` row; waiting for it polls with a short backoff,
+and one process's waiters queue on a :class:`LeaseLockTable` first so only one
+of them polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT, LockTimeout, StoreUnavailable
+from .memory import DEFAULT_PREFIX, LeaseLockTable, check_lock_args, check_ttl
+
+__all__ = ["SQLiteStore"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)",
+    "CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, owner TEXT, expires_at REAL)",
+)
+# A row is live when it has no expiry or its expiry is still ahead (?1 = now).
+_LIVE = "(expires_at IS NULL OR expires_at > ?1)"
+
+# Insert, or take over a row whose value has expired; changes() says whether we wrote.
+_CAS_ABSENT = (
+    "INSERT INTO kv (key, value, expires_at) VALUES (?2, ?3, ?4)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+    " WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= ?1"
+)
+_CAS_PRESENT = (
+    f"UPDATE kv SET value = ?3, expires_at = ?4 WHERE key = ?2 AND value = ?5 AND {_LIVE}"
+)
+_TAKE_LOCK = (
+    "INSERT INTO locks (name, owner, expires_at) VALUES (?2, ?3, ?4)"
+    " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at"
+    " WHERE locks.expires_at <= ?1"
+)
+
+# Lock polling backoff, in seconds: starts short so a freshly released lock is
+# taken quickly, and is capped so a waiter notices a release within ~50 ms.
+_POLL_FIRST = 0.01
+_POLL_MAX = 0.05
+
+# Expired rows nobody reads again are purged at most this often, on a write.
+_PURGE_INTERVAL = 60.0
+
+
+class SQLiteStore:
+    """A :class:`~proxy.store.base.TokenStore` in one SQLite file, shared across processes.
+
+    It is handed an open ``aiosqlite`` connection, which must be in autocommit
+    mode (``isolation_level=None``); call :meth:`prepare` once before use.
+    :meth:`open` does all of that from a path. ``close()`` closes the
+    connection only when ``close_connection`` is true (as :meth:`open` sets it).
+    """
+
+    def __init__(
+        self,
+        connection: aiosqlite.Connection,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        busy_timeout: float = 5.0,
+        close_connection: bool = False,
+    ) -> None:
+        if connection.isolation_level is not None:
+            raise ValueError(
+                "the SQLite connection must be in autocommit mode (isolation_level=None)"
+            )
+        self._db = connection
+        self._prefix = prefix
+        self._busy_timeout = busy_timeout
+        self._close_connection = close_connection
+        self._local_locks = LeaseLockTable()
+        self._last_purge = 0.0
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, prefix: str = DEFAULT_PREFIX, busy_timeout: float = 5.0
+    ) -> SQLiteStore:
+        """Open (creating it and its directory if needed) and prepare the file at ``path``."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise StoreUnavailable(f"Cannot open the SQLite store at {path}: {exc}") from exc
+        store = cls(connection, prefix=prefix, busy_timeout=busy_timeout, close_connection=True)
+        try:
+            await store.prepare()
+        except BaseException:
+            await connection.close()
+            raise
+        return store
+
+    async def prepare(self) -> None:
+        """Set the connection's pragmas and create the tables if they are missing."""
+        await self._run(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        # WAL lets readers and one writer work at once; NORMAL sync is safe in WAL
+        # (a power cut may lose the last commits, never corrupt the file).
+        await self._run("PRAGMA journal_mode = WAL")
+        await self._run("PRAGMA synchronous = NORMAL")
+        for statement in _SCHEMA:
+            await self._run(statement)
+
+    async def _run(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Execute one statement; return how many rows it changed."""
+        try:
+            async with self._db.execute(sql, tuple(params)) as cursor:
+                return cursor.rowcount
+        except sqlite3.OperationalError as exc:
+            # "database is locked" after busy_timeout, disk and I/O errors.
+            raise StoreUnavailable(f"The SQLite store failed: {exc}") from exc
+
+    async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            async with self._db.execute(sql, tuple(params)) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"The SQLite store failed: {exc}") from exc
+
+    async def _maybe_purge(self, now: float) -> None:
+        if now - self._last_purge >= _PURGE_INTERVAL:
+            self._last_purge = now
+            await self._run("DELETE FROM kv WHERE expires_at <= ?", (now,))
+
+    async def get(self, key: str) -> bytes | None:
+        """Return the live value for ``key``, or None."""
+        name, now = self._prefix + key, time.time()
+        rows = await self._fetch("SELECT value, expires_at FROM kv WHERE key = ?", (name,))
+        if not rows:
+            return None
+        value, expires_at = rows[0]
+        if expires_at is not None and expires_at <= now:
+            await self._run("DELETE FROM kv WHERE key = ? AND expires_at <= ?", (name, now))
+            return None
+        return bytes(value)
+
+    async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, replacing any value and ttl."""
+        check_ttl(ttl)
+        now = time.time()
+        await self._run(
+            "INSERT OR REPLACE INTO kv (key, value, expires_at) VALUES (?, ?, ?)",
+            (self._prefix + key, bytes(value), None if ttl is None else now + ttl),
+        )
+        await self._maybe_purge(now)
+
+    async def compare_and_swap(
+        self, key: str, expected: bytes | None, value: bytes, *, ttl: float | None = None
+    ) -> bool:
+        """Store ``value`` only if the live value is ``expected`` (None: absent), atomically."""
+        check_ttl(ttl)
+        now = time.time()
+        expires_at = None if ttl is None else now + ttl
+        params: list[Any] = [now, self._prefix + key, bytes(value), expires_at]
+        if expected is None:
+            return await self._run(_CAS_ABSENT, params) == 1
+        return await self._run(_CAS_PRESENT, [*params, bytes(expected)]) == 1
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; True if a live value was there."""
+        rows = await self._fetch(
+            "DELETE FROM kv WHERE key = ? RETURNING expires_at", (self._prefix + key,)
+        )
+        now = time.time()
+        return any(expires_at is None or expires_at > now for (expires_at,) in rows)
+
+    async def keys(self, prefix: str) -> list[str]:
+        """Live keys starting with ``prefix``, without the store's own prefix."""
+        now = time.time()
+        self._last_purge = now
+        await self._run("DELETE FROM kv WHERE expires_at <= ?", (now,))
+        start = self._prefix + prefix
+        # substr() rather than LIKE/GLOB: no wildcard escaping, and case-sensitive.
+        rows = await self._fetch(
+            f"SELECT key FROM kv WHERE substr(key, 1, ?2) = ?3 AND {_LIVE} ORDER BY key",
+            (now, len(start), start),
+        )
+        return [name[len(self._prefix):] for (name,) in rows]
+
+    def lock(
+        self, key: str, *, lease: float = DEFAULT_LOCK_LEASE, wait: float = DEFAULT_LOCK_WAIT
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold ``key``'s lock across every process using this file."""
+        check_lock_args(lease, wait)
+        return self._lock(self._prefix + key, lease, wait)
+
+    @asynccontextmanager
+    async def _lock(self, name: str, lease: float, wait: float) -> AsyncIterator[None]:
+        deadline = time.monotonic() + wait
+        local_owner = await self._local_locks.acquire(name, lease=lease, wait=wait)
+        try:
+            owner = uuid.uuid4().hex
+            await self._take_shared_lock(name, owner, lease, deadline)
+            try:
+                yield
+            finally:
+                await self._release_shared_lock(name, owner)
+        finally:
+            self._local_locks.release(name, local_owner)
+
+    async def _take_shared_lock(self, name: str, owner: str, lease: float, deadline: float) -> None:
+        delay = _POLL_FIRST
+        while True:
+            now = time.time()
+            try:
+                taken = await self._run(_TAKE_LOCK, (now, name, owner, now + lease)) == 1
+            except BaseException:
+                # Cancelled (or failed) after the statement may have run: do not
+                # leave our row behind for a whole lease.
+                await self._release_shared_lock(name, owner)
+                raise
+            if taken:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockTimeout("Timed out waiting for a lock held by another request.")
+            await asyncio.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
+            delay = min(delay * 1.5, _POLL_MAX)
+
+    async def _release_shared_lock(self, name: str, owner: str) -> None:
+        # Only our own row: after our lease ran out someone else may hold it.
+        try:
+            await self._run("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+        except StoreUnavailable:
+            log.warning("could not release a lock; it is freed when its lease runs out")
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the file can be read."""
+        await self._fetch("SELECT 1 FROM kv LIMIT 1")
+
+    async def close(self) -> None:
+        """Close the connection if this store opened it."""
+        if self._close_connection:
+            await self._db.close()

@@ -1,0 +1,139 @@
+"""Shared fixtures; each concern has its own section."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+# ---------------------------------------------------------------------------
+# Redis: a real server for the Redis store tests.
+#
+# ``redis_url`` is $REDIS_URL if set, else a Redis already answering on
+# 127.0.0.1:6379, else a throwaway ``redis-server`` from PATH. Without any of
+# them the Redis tests are skipped, except under CI (``$CI`` set), where they
+# fail. Tests never flush the database: each one works under its own prefix.
+#
+# ``redis_tls_url`` is a throwaway TLS-only ``redis-server`` with a self-signed
+# certificate (like Heroku's), skipped where redis-server or openssl cannot
+# provide one.
+# ---------------------------------------------------------------------------
+
+_LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+_REDIS_STARTUP_TIMEOUT = 5.0
+
+
+def _redis_answers(url: str, **kwargs: object) -> bool:
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=None, **kwargs
+    )
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_redis_server(
+    directory: Path, url: str, args: list[str], **ping_kwargs: object
+) -> subprocess.Popen[bytes] | None:
+    """Start ``redis-server`` with ``args``; None if it does not answer in time."""
+    process = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + _REDIS_STARTUP_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        if _redis_answers(url, **ping_kwargs):
+            return process
+        time.sleep(0.05)
+    _stop_redis_server(process)
+    return None
+
+
+def _stop_redis_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _redis_missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so Redis tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a Redis for the store tests (see the section comment)."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        if not _redis_answers(url):
+            pytest.fail("REDIS_URL is set but that Redis does not answer PING")
+        yield url
+        return
+    if _redis_answers(_LOCAL_REDIS_URL):
+        yield _LOCAL_REDIS_URL
+        return
+    if shutil.which("redis-server") is None:
+        _redis_missing("no Redis: REDIS_URL unset, nothing on 127.0.0.1:6379, no redis-server")
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    process = _start_redis_server(tmp_path_factory.mktemp("redis"), url, ["--port", str(port)])
+    if process is None:
+        _redis_missing("redis-server from PATH did not start")
+    assert process is not None
+    try:
+        yield url
+    finally:
+        _stop_redis_server(process)
+
+
+@pytest.fixture(scope="session")
+def redis_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``rediss://`` URL of a TLS-only Redis with a self-signed certificate."""
+    if shutil.which("redis-server") is None or shutil.which("openssl") is None:
+        pytest.skip("a TLS Redis needs redis-server and openssl on PATH")
+    directory = tmp_path_factory.mktemp("redis-tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    url = f"rediss://127.0.0.1:{port}/0"
+    process = _start_redis_server(
+        directory,
+        url,
+        ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+         "--tls-key-file", str(key), "--tls-auth-clients", "no"],
+        ssl_cert_reqs="none",
+    )
+    if process is None:
+        pytest.skip("redis-server did not start with TLS (built without TLS support?)")
+    assert process is not None
+    try:
+        yield url
+    finally:
+        _stop_redis_server(process)

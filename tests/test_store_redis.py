@@ -1,0 +1,189 @@
+"""The Redis store: the shared contract against a real Redis, plus URLs and TLS."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import uuid
+
+import pytest
+import redis.asyncio
+
+from proxy.store import LockTimeout, RedisStore, StoreUnavailable, open_store
+from tests.store_contract import StoreContract
+
+
+@pytest.fixture
+async def namespace(redis_url):
+    """A prefix of this test's own; its keys are deleted afterwards."""
+    namespace = f"test-{uuid.uuid4().hex}:"
+    yield namespace
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        names = [name async for name in client.scan_iter(match=f"{namespace}*")]
+        if names:
+            await client.delete(*names)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def make_store(redis_url, namespace):
+    stores: list[RedisStore] = []
+
+    async def make(prefix: str) -> RedisStore:
+        # A client each, so stores talk through separate connections.
+        store = RedisStore.from_url(redis_url, prefix=namespace + prefix)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+
+
+@pytest.fixture
+async def raw(redis_url):
+    """A plain client, to look at what the store wrote."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+class TestRedisStore(StoreContract):
+    shared_backend = True
+
+
+async def test_key_layout(make_store, namespace, raw):
+    store = await make_store("p:")
+    await store.put("grant:1", b"v", ttl=60)
+    async with store.lock("grant:1", lease=5):
+        assert await raw.get(f"{namespace}p:kv:grant:1") == b"v"
+        assert 0 < await raw.pttl(f"{namespace}p:kv:grant:1") <= 60_000
+        assert 0 < await raw.pttl(f"{namespace}p:lock:grant:1") <= 5_000
+    assert await raw.exists(f"{namespace}p:lock:grant:1") == 0
+
+
+async def test_lock_across_two_connections(make_store):
+    first = await make_store("p:")
+    second = await make_store("p:")
+    assert first.client is not second.client
+    async with first.lock("k", lease=5):
+        with pytest.raises(LockTimeout):
+            async with second.lock("k", wait=0.2):
+                pass
+    async with second.lock("k", wait=0):
+        pass
+
+
+async def test_handed_in_client_is_left_open(redis_url, namespace):
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        store = RedisStore(client, prefix=namespace)
+        await store.put("k", b"v")
+        await store.close()
+        assert await client.get(f"{namespace}kv:k") == b"v"
+    finally:
+        await client.aclose()
+
+
+async def test_decoding_client_is_rejected(redis_url):
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        with pytest.raises(ValueError, match="decode_responses"):
+            RedisStore(client)
+    finally:
+        await client.aclose()
+
+
+async def test_open_store_redis(redis_url):
+    store = await open_store(redis_url, prefix=f"test-{uuid.uuid4().hex}:")
+    try:
+        assert isinstance(store, RedisStore)
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_unreachable_redis_is_unavailable():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the store connects
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
+    try:
+        for operation in (
+            lambda: store.ping(),
+            lambda: store.get("k"),
+            lambda: store.put("k", b"v"),
+            lambda: store.compare_and_swap("k", None, b"v"),
+            lambda: store.delete("k"),
+            lambda: store.keys(""),
+        ):
+            with pytest.raises(StoreUnavailable):
+                await operation()
+        with pytest.raises(StoreUnavailable) as raised:
+            async with store.lock("k", wait=1):
+                pass
+        assert type(raised.value) is StoreUnavailable  # not a LockTimeout
+    finally:
+        await store.close()
+
+
+# -- rediss:// and ssl_cert_reqs (Heroku Redis serves a self-signed certificate) ---------
+
+
+@pytest.mark.parametrize(
+    ("query", "cert_reqs"),
+    [
+        ("ssl_cert_reqs=none", ssl.CERT_NONE),
+        ("ssl_cert_reqs=CERT_NONE", ssl.CERT_NONE),
+        ("ssl_cert_reqs=None", ssl.CERT_NONE),
+        ("ssl_cert_reqs=optional", ssl.CERT_OPTIONAL),
+        ("ssl_cert_reqs=required", ssl.CERT_REQUIRED),
+    ],
+)
+async def test_from_url_parses_ssl_cert_reqs(query, cert_reqs):
+    store = RedisStore.from_url(f"rediss://:p%40ss@example.com:6380/2?{query}&socket_timeout=2")
+    try:
+        pool = store.client.connection_pool
+        assert pool.connection_class is redis.asyncio.SSLConnection
+        assert pool.connection_kwargs["ssl_cert_reqs"] == cert_reqs
+        assert pool.connection_kwargs["password"] == "p@ss"
+        assert pool.connection_kwargs["host"] == "example.com"
+        assert pool.connection_kwargs["port"] == 6380
+        assert pool.connection_kwargs["db"] == 2
+        assert pool.connection_kwargs["socket_timeout"] == 2.0
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("rediss://example.com?ssl_cert_reqs=sometimes", "must be one of"),
+        ("redis://example.com?ssl_cert_reqs=none", "only applies to rediss://"),
+    ],
+)
+def test_from_url_rejects_bad_ssl_cert_reqs(url, message):
+    with pytest.raises(ValueError, match=message):
+        RedisStore.from_url(url)
+
+
+async def test_self_signed_tls_with_ssl_cert_reqs_none(redis_tls_url):
+    store = RedisStore.from_url(f"{redis_tls_url}?ssl_cert_reqs=none", prefix="tls-test:")
+    try:
+        await store.ping()
+        await store.put("k", b"v", ttl=5)
+        assert await store.get("k") == b"v"
+        assert await store.delete("k")
+    finally:
+        await store.close()
+
+
+async def test_self_signed_tls_is_refused_by_default(redis_tls_url):
+    store = RedisStore.from_url(redis_tls_url)
+    try:
+        with pytest.raises(StoreUnavailable, match="certificate verify failed"):
+            await store.ping()
+    finally:
+        await store.close()
