@@ -26,7 +26,9 @@ from typing import Any
 import yaml
 from yarl import URL
 
+from .crypto import parse_keys
 from .secret import Secret
+from .store import sqlite_path
 
 __all__ = [
     "AuthConfig",
@@ -436,8 +438,18 @@ def validate_store(store: StoreConfig, server: ServerConfig) -> list[str]:
             "the memory:// store is private to one process: use sqlite:/// or redis:// "
             "with more than one worker"
         )
+    if scheme == "sqlite":
+        try:
+            sqlite_path(store.url)
+        except ValueError as exc:
+            problems.append(f"store.url: {exc}")
     if scheme in ("redis", "rediss") and not store.encryption_key:
         problems.append("TOKEN_ENCRYPTION_KEY is required with a Redis store")
+    if store.encryption_key:
+        try:
+            parse_keys(store.encryption_key)
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
 
 

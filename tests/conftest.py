@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from proxy.app import create_app
+from proxy.config import load_config
+from proxy.mock_twitch import MockTwitch, create_mock_app, mock_twitch_key
+from tests.helpers import proxy_config_flags
+
 # ---------------------------------------------------------------------------
 # Redis: a real server for the Redis store tests.
 #
@@ -137,3 +142,57 @@ def redis_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         _stop_redis_server(process)
+
+
+# ---------------------------------------------------------------------------
+# The proxy against the mock Twitch, over real HTTP.
+#
+# Fixtures chain: ``twitch_server`` (the mock, a real aiohttp server) ->
+# ``mock`` (its state, to count calls and expire tokens) -> ``proxy_config``
+# (built by the real loader from flags; tests change it through
+# ``config_flags``) -> ``proxy`` (a test client of a real proxy server).
+# ``store_url`` picks the backend (memory by default).
+# ---------------------------------------------------------------------------
+
+
+
+@pytest.fixture
+async def twitch_server(aiohttp_server):
+    """The mock Twitch, served on a real port."""
+    return await aiohttp_server(create_mock_app())
+
+
+@pytest.fixture
+def mock(twitch_server) -> MockTwitch:
+    """The mock's state: counters, tokens, fault knobs."""
+    return twitch_server.app[mock_twitch_key]
+
+
+@pytest.fixture
+def store_url(request, tmp_path) -> str:
+    """memory:// unless a test asks for ``sqlite`` (indirect parametrize)."""
+    kind = getattr(request, "param", "memory")
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/tokens.sqlite3"
+    return "memory://"
+
+
+@pytest.fixture
+def config_flags() -> dict:
+    """Extra dotted config keys a test module can override."""
+    return {}
+
+
+@pytest.fixture
+def proxy_config(twitch_server, store_url, config_flags, tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    flags = {**proxy_config_flags(str(twitch_server.make_url("")).rstrip("/")),
+             "store.url": store_url, **config_flags}
+    return load_config(path=empty, environ={}, flags=flags)
+
+
+@pytest.fixture
+async def proxy(aiohttp_client, proxy_config):
+    """A client of a real proxy server pointed at the mock Twitch."""
+    return await aiohttp_client(create_app(proxy_config))

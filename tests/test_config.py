@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.fernet import Fernet
 
 from proxy.config import ConfigError, load_config
 from proxy.secret import Secret
@@ -67,12 +68,24 @@ def test_every_environment_variable(config_file):
 
 
 def test_redis_url_used_when_token_store_url_unset(config_file):
-    env = {**CREDENTIALS, "REDIS_URL": "redis://h:6379/0", "TOKEN_ENCRYPTION_KEY": "x"}
-    with pytest.raises(ConfigError) as info:  # x is not a Fernet key, but the URL was taken
+    key = Fernet.generate_key().decode()
+    env = {**CREDENTIALS, "REDIS_URL": "redis://h:6379/0", "TOKEN_ENCRYPTION_KEY": key}
+    assert load_config(path=config_file, environ=env).store.url == "redis://h:6379/0"
+    with pytest.raises(ConfigError) as info:
         load_config(path=config_file, environ={**env, "TOKEN_ENCRYPTION_KEY": ""})
-    assert "TOKEN_ENCRYPTION_KEY is required" in str(info.value)
+    assert "TOKEN_ENCRYPTION_KEY is required with a Redis store" in str(info.value)
     both = load_config(path=config_file, environ={**env, "TOKEN_STORE_URL": "memory://"})
     assert both.store.url == "memory://"
+
+
+def test_bad_encryption_key_and_store_url(config_file):
+    env = {**CREDENTIALS, "TOKEN_ENCRYPTION_KEY": f"{Fernet.generate_key().decode()},not-a-key",
+           "TOKEN_STORE_URL": "sqlite://host/x"}
+    with pytest.raises(ConfigError) as info:
+        load_config(path=config_file, environ=env)
+    assert "key 2 of TOKEN_ENCRYPTION_KEY is not a Fernet key" in str(info.value)
+    assert "store.url: a SQLite store URL is sqlite:///relative/path" in str(info.value)
+    assert "not-a-key" not in str(info.value)
 
 
 def test_all_problems_reported_at_once(config_file):

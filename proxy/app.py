@@ -1,0 +1,117 @@
+"""The application factory: where a request goes.
+
+``create_app(config)`` only registers things; all I/O (the HTTP session to
+Twitch, the store) is opened and closed in ``cleanup_ctx`` generators, which
+run in order at start-up and in reverse at shutdown, only for what started.
+
+Routes, by module:
+
+- ``/``, ``/status`` pages and ``/static``    -> :mod:`proxy.pages` (via :func:`setup_pages`)
+- ``/login``, ``/callback``, ``POST /refresh`` -> :mod:`proxy.oauth`
+- ``/helix/*``                                  -> :mod:`proxy.helix`
+- ``/healthz``, ``/readyz``                     -> :mod:`proxy.health`
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from . import pages
+from .app_keys import (
+    app_token_key,
+    config_key,
+    grants_key,
+    http_session_key,
+    refresher_key,
+    store_key,
+    twitch_key,
+)
+from .config import Config
+from .cors import setup_cors
+from .crypto import Cipher, FernetCipher, PlainCipher, load_or_create_key_file, parse_keys
+from .errors import error_middleware
+from .grants import GrantStore
+from .health import setup_health
+from .helix import setup_helix
+from .oauth import setup_oauth
+from .refresh import AppTokenProvider, Refresher
+from .status import setup_status
+from .store import open_store, sqlite_path
+from .twitch import TwitchClient
+
+__all__ = ["create_app", "cipher_for"]
+
+
+def cipher_for(config: Config) -> Cipher:
+    """The cipher that protects grant records in the configured store."""
+    url = config.store.url
+    if config.store.encryption_key:
+        return FernetCipher(parse_keys(config.store.encryption_key))
+    if url.startswith("sqlite://"):
+        return FernetCipher([load_or_create_key_file(Path(sqlite_path(url)))])
+    return PlainCipher()  # memory:// (Redis without a key is refused by config)
+
+
+async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession for every call to Twitch, closed at shutdown."""
+    config = app[config_key]
+    connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300,
+                                     keepalive_timeout=30)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        # No cookies from Twitch ever reach another widget's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Helix bodies are passed through as they came; the OAuth client asks
+        # for identity encoding because it parses its answers.
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=config.twitch.timeout),
+    )
+    app[http_session_key] = session
+    yield
+    await session.close()
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The token store and the services built on it."""
+    config = app[config_key]
+    store = await open_store(config.store.url, prefix=config.store.prefix)
+    app[store_key] = store
+    grants = GrantStore(store, cipher_for(config))
+    twitch = TwitchClient(app[http_session_key], config.twitch)
+    app[grants_key] = grants
+    app[twitch_key] = twitch
+    app[refresher_key] = Refresher(
+        grants, twitch, replay_window=config.auth.replay_window,
+        login_url=f"{config.server.public_url}/login",
+    )
+    app[app_token_key] = AppTokenProvider(twitch)
+    yield
+    await store.close()
+
+
+async def landing(request: web.Request) -> web.Response:
+    """``GET /``: the landing page."""
+    return pages.landing_page(request)
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the proxy application for ``config``; no I/O happens here."""
+    app = web.Application(middlewares=[error_middleware],
+                          client_max_size=max(config.helix.max_body, 64 * 1024))
+    app[config_key] = config
+    app.cleanup_ctx.append(http_session_ctx)
+    app.cleanup_ctx.append(store_ctx)
+    app.router.add_get("/", landing, name="landing")
+    setup_oauth(app)
+    setup_health(app)
+    setup_helix(app)
+    setup_status(app)
+    setup_cors(app, config.cors.allow_origins)
+    static = resources.files("proxy").joinpath("static")
+    app.router.add_static("/static", Path(str(static)), name="static")
+    return app

@@ -1,0 +1,33 @@
+"""Every ``web.AppKey`` of the proxy, in one place, each named like its variable."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .grants import GrantStore
+    from .refresh import AppTokenProvider, Refresher
+    from .store.base import TokenStore
+    from .twitch import TwitchClient
+
+__all__ = [
+    "app_token_key",
+    "config_key",
+    "grants_key",
+    "http_session_key",
+    "refresher_key",
+    "store_key",
+    "twitch_key",
+]
+
+config_key: web.AppKey[Config] = web.AppKey("config_key")
+http_session_key = web.AppKey("http_session_key", aiohttp.ClientSession)
+store_key: web.AppKey[TokenStore] = web.AppKey("store_key")
+grants_key: web.AppKey[GrantStore] = web.AppKey("grants_key")
+twitch_key: web.AppKey[TwitchClient] = web.AppKey("twitch_key")
+refresher_key: web.AppKey[Refresher] = web.AppKey("refresher_key")
+app_token_key: web.AppKey[AppTokenProvider] = web.AppKey("app_token_key")

@@ -1,0 +1,147 @@
+"""The ``twitch-proxy`` command (also ``python -m proxy``).
+
+``twitch-proxy`` serves; ``--check-config`` validates and exits; ``--mock-twitch``
+starts the project's mock of Twitch beside the proxy and points the proxy at
+it, so the whole flow can be tried offline without credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config, ConfigError, env_table, load_config
+from .logs import setup_logging
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("proxy")
+
+MOCK_CLIENT_ID = "mock-client-id"
+MOCK_CLIENT_SECRET = "mock-client-secret"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; flags override environment variables and the file."""
+    parser = argparse.ArgumentParser(
+        prog="twitch-proxy",
+        description="Hold a Twitch app's secret and users' tokens for widgets; "
+                    "refresh them and proxy Helix.",
+        epilog="Environment variables:\n" + "\n".join(
+            f"  {name:22} {key:24} {doc}" for name, key, doc in env_table()
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="PATH", help="YAML config file (default config.yaml)")
+    parser.add_argument("--host", help="address to bind")
+    parser.add_argument("--port", help="port to bind")
+    parser.add_argument("--public-url", help="public base URL (redirect_uri base)")
+    parser.add_argument("--store", metavar="URL", help="token store URL")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and exit")
+    parser.add_argument("--mock-twitch", action="store_true",
+                        help="run against the built-in mock of Twitch (offline demo)")
+    parser.add_argument("--mock-port", type=int, default=0,
+                        help="port of the mock Twitch with --mock-twitch (default: any free)")
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "server.host": args.host,
+        "server.port": args.port,
+        "server.public_url": args.public_url,
+        "store.url": args.store,
+        "log.level": args.log_level,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _load(args: argparse.Namespace, mock_port: int | None) -> Config:
+    flags = _flags(args)
+    defaults: dict[str, Any] = {}
+    if mock_port is not None:
+        mock = f"http://127.0.0.1:{mock_port}"
+        # The mock knows only its own app: these win over anything configured.
+        flags.update({
+            "twitch.client_id": MOCK_CLIENT_ID,
+            "twitch.client_secret": MOCK_CLIENT_SECRET,
+            "twitch.id_url": mock,
+            "twitch.helix_url": f"{mock}/helix",
+        })
+        defaults["store.url"] = "memory://"
+    return load_config(path=args.config, flags=flags, defaults=defaults)
+
+
+async def _with_mock(config: Config, mock_port: int) -> web.Application:
+    """The proxy app, with the mock Twitch started beside it and stopped after it."""
+    from .mock_twitch import create_mock_app
+
+    runner = web.AppRunner(create_mock_app(client_id=MOCK_CLIENT_ID,
+                                           client_secret=MOCK_CLIENT_SECRET,
+                                           auto_approve=False))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", mock_port).start()
+    app = create_app(config)
+
+    async def stop_mock(_: web.Application) -> None:
+        await runner.cleanup()
+
+    app.on_cleanup.append(stop_mock)
+    return app
+
+
+def serve(config: Config, *, mock_port: int | None = None) -> None:
+    """Run the proxy until SIGINT/SIGTERM, finishing in-flight requests first."""
+    app: web.Application | Any = (
+        create_app(config) if mock_port is None else _with_mock(config, mock_port)
+    )
+    if mock_port is not None:
+        print(f"mock Twitch on http://127.0.0.1:{mock_port} "
+              f"(client id {MOCK_CLIENT_ID}); open {config.server.public_url}/ to try the flow",
+              flush=True)
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        shutdown_timeout=config.server.shutdown_grace,
+        access_log=None,
+        print=lambda text: print(text.splitlines()[0], flush=True),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    mock_port = (args.mock_port or _free_port()) if args.mock_twitch else None
+    try:
+        config = _load(args, mock_port)
+    except ConfigError as exc:
+        print(f"twitch-proxy: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"configuration OK: store {config.store.url.split('://')[0]}, "
+              f"listening on {config.server.host}:{config.server.port}, "
+              f"redirect_uri {config.redirect_uri}")
+        return 0
+    setup_logging(config.log.level, config.log.format)
+    try:
+        serve(config, mock_port=mock_port)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    return 0

@@ -1,0 +1,267 @@
+"""Where tokens live: grants, proxy keys, refresh-token index and login states.
+
+A *grant* is one Twitch user's authorization of this app: the current access
+and refresh token, their scopes and expiry, and whether it still works. This
+module maps grants onto the bytes-by-key :mod:`proxy.store` contract:
+
+=========================  =====================================================
+key                        value (JSON; grant records encrypted at rest)
+=========================  =====================================================
+``grant:<grant_id>``       the :class:`Grant`, encrypted with the store cipher
+``user:<user_id>``         the grant id of that Twitch user (one grant per user)
+``key:<sha256(key)>``      ``{"grant_id", "key_id", "created_at"}``
+``rt:<sha256(token)>``     ``{"grant_id", "kind"}`` for refresh tokens the proxy
+                           knows: ``current``, ``rotated`` (kept for the replay
+                           window) or ``adopted`` (an old widget's pair, forever)
+``state:<state>``          a pending /login (single use, expires)
+=========================  =====================================================
+
+Proxy keys and refresh tokens are only ever stored as SHA-256 hashes (they are
+long random strings, so a fast hash is enough). Every write that replaces a
+grant is a compare-and-swap against the exact bytes that were read, so two
+writers can never silently lose a rotated refresh token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .crypto import Cipher
+from .store.base import TokenStore
+
+__all__ = ["ACTIVE", "NEEDS_REAUTH", "Grant", "GrantStore", "KeyRecord", "RefreshTokenRef",
+           "new_proxy_key", "token_hash"]
+
+ACTIVE = "active"
+NEEDS_REAUTH = "needs_reauth"
+PROXY_KEY_PREFIX = "tpk_"
+
+RefreshTokenKind = Literal["current", "rotated", "adopted"]
+
+
+def token_hash(token: str) -> str:
+    """The hex SHA-256 under which a key or refresh token is indexed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_proxy_key() -> str:
+    """A fresh proxy key: ``tpk_`` and 32 random bytes, url-safe."""
+    return PROXY_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One user's tokens as the proxy holds them. Never logged: see ``__repr__``."""
+
+    grant_id: str
+    user_id: str | None
+    login: str | None
+    scopes: tuple[str, ...]
+    access_token: str
+    refresh_token: str
+    expires_at: float
+    state: str = ACTIVE
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    last_refresh_at: float | None = None
+    last_validated_at: float | None = None
+
+    def __repr__(self) -> str:
+        return (f"Grant(grant_id={self.grant_id!r}, login={self.login!r}, "
+                f"state={self.state!r}, expires_at={self.expires_at!r})")
+
+    def expires_in(self, now: float | None = None) -> int:
+        """Whole seconds until the access token expires (0 when it has)."""
+        return max(0, int(self.expires_at - (time.time() if now is None else now)))
+
+    def token_response(self) -> dict[str, Any]:
+        """The grant's current pair in the shape of Twitch's token answer."""
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "expires_in": self.expires_in(),
+            "scope": list(self.scopes),
+            "token_type": "bearer",
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Grant:
+        fields = json.loads(data)
+        fields["scopes"] = tuple(fields["scopes"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A proxy key as stored: which grant it opens, and its public id."""
+
+    key_id: str
+    grant_id: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RefreshTokenRef:
+    """What the proxy knows about a refresh token it was shown."""
+
+    grant_id: str
+    kind: RefreshTokenKind
+
+
+@dataclass(frozen=True)
+class LoadedGrant:
+    """A grant together with the exact stored bytes, for compare-and-swap."""
+
+    grant: Grant
+    raw: bytes
+
+
+class GrantStore:
+    """Grants, keys, refresh-token index and states on top of a TokenStore."""
+
+    def __init__(self, store: TokenStore, cipher: Cipher) -> None:
+        self.store = store
+        self._cipher = cipher
+
+    # -- grants ------------------------------------------------------------------
+
+    async def load(self, grant_id: str) -> LoadedGrant | None:
+        """The grant and its raw bytes, or None."""
+        raw = await self.store.get(f"grant:{grant_id}")
+        if raw is None:
+            return None
+        return LoadedGrant(Grant.from_bytes(self._cipher.decrypt(raw)), raw)
+
+    async def get(self, grant_id: str) -> Grant | None:
+        """The grant, or None."""
+        loaded = await self.load(grant_id)
+        return loaded.grant if loaded else None
+
+    async def create(self, grant: Grant) -> LoadedGrant:
+        """Store a new grant and index its refresh token (and user)."""
+        raw = self._cipher.encrypt(grant.to_bytes())
+        await self.index_refresh_token(grant.refresh_token, grant.grant_id, "current")
+        await self.store.put(f"grant:{grant.grant_id}", raw)
+        if grant.user_id:
+            await self.store.put(f"user:{grant.user_id}", grant.grant_id.encode())
+        return LoadedGrant(grant, raw)
+
+    async def replace(self, old: LoadedGrant, new: Grant) -> LoadedGrant | None:
+        """Compare-and-swap ``old`` for ``new``; None when someone wrote first."""
+        raw = self._cipher.encrypt(new.to_bytes())
+        if await self.store.compare_and_swap(f"grant:{new.grant_id}", old.raw, raw):
+            return LoadedGrant(new, raw)
+        return None
+
+    async def update(self, grant_id: str, **changes: Any) -> Grant | None:
+        """Apply field changes with a compare-and-swap retry loop; None if gone."""
+        while True:
+            loaded = await self.load(grant_id)
+            if loaded is None:
+                return None
+            changed = dataclasses.replace(loaded.grant, updated_at=time.time(), **changes)
+            if await self.replace(loaded, changed):
+                return changed
+
+    async def delete(self, grant_id: str) -> bool:
+        """Remove a grant, its user index and every key that opens it."""
+        grant = await self.get(grant_id)
+        if grant is None:
+            return False
+        for record in await self.keys_of(grant_id):
+            await self.store.delete(f"key:{record[0]}")
+        if grant.user_id:
+            await self.store.delete(f"user:{grant.user_id}")
+        await self.store.delete(f"rt:{token_hash(grant.refresh_token)}")
+        return await self.store.delete(f"grant:{grant_id}")
+
+    async def grant_of_user(self, user_id: str) -> str | None:
+        """The grant id already held for a Twitch user, if any."""
+        raw = await self.store.get(f"user:{user_id}")
+        return raw.decode() if raw else None
+
+    async def all_ids(self) -> list[str]:
+        """Every grant id (admin and validator only: it scans the store)."""
+        return sorted(key.removeprefix("grant:") for key in await self.store.keys("grant:"))
+
+    # -- refresh-token index -----------------------------------------------------
+
+    async def index_refresh_token(self, token: str, grant_id: str, kind: RefreshTokenKind,
+                                  *, ttl: float | None = None) -> None:
+        """Remember that ``token`` belongs to ``grant_id``."""
+        value = json.dumps({"grant_id": grant_id, "kind": kind}).encode()
+        await self.store.put(f"rt:{token_hash(token)}", value, ttl=ttl)
+
+    async def forget_refresh_token(self, token: str) -> None:
+        """Drop a refresh token from the index."""
+        await self.store.delete(f"rt:{token_hash(token)}")
+
+    async def find_refresh_token(self, token: str) -> RefreshTokenRef | None:
+        """The grant a refresh token belongs to (current, recently rotated or adopted)."""
+        raw = await self.store.get(f"rt:{token_hash(token)}")
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return RefreshTokenRef(grant_id=data["grant_id"], kind=data["kind"])
+
+    # -- proxy keys -----------------------------------------------------------------
+
+    async def create_key(self, grant_id: str) -> tuple[str, KeyRecord]:
+        """Mint a proxy key for a grant; returns the key (shown once) and its record."""
+        key = new_proxy_key()
+        digest = token_hash(key)
+        record = KeyRecord(key_id=digest[:12], grant_id=grant_id, created_at=time.time())
+        await self.store.put(f"key:{digest}", json.dumps(dataclasses.asdict(record)).encode())
+        return key, record
+
+    async def key_record(self, key: str) -> KeyRecord | None:
+        """The record of a proxy key, or None when unknown or revoked."""
+        raw = await self.store.get(f"key:{token_hash(key)}")
+        return KeyRecord(**json.loads(raw)) if raw else None
+
+    async def revoke_key(self, key: str) -> bool:
+        """Revoke a proxy key by its value."""
+        return await self.store.delete(f"key:{token_hash(key)}")
+
+    async def keys_of(self, grant_id: str | None = None) -> list[tuple[str, KeyRecord]]:
+        """``(digest, record)`` of every key (of one grant); scans the store."""
+        out = []
+        for name in await self.store.keys("key:"):
+            raw = await self.store.get(name)
+            if raw is None:
+                continue
+            record = KeyRecord(**json.loads(raw))
+            if grant_id is None or record.grant_id == grant_id:
+                out.append((name.removeprefix("key:"), record))
+        return out
+
+    async def revoke_key_id(self, key_id: str) -> bool:
+        """Revoke a proxy key by its public id (admin command line)."""
+        for digest, record in await self.keys_of():
+            if record.key_id == key_id:
+                return await self.store.delete(f"key:{digest}")
+        return False
+
+    # -- login states ---------------------------------------------------------------
+
+    async def put_state(self, state: str, data: dict[str, Any], ttl: float) -> None:
+        """Remember a pending /login for ``ttl`` seconds."""
+        await self.store.put(f"state:{state}", json.dumps(data).encode(), ttl=ttl)
+
+    async def peek_state(self, state: str) -> dict[str, Any] | None:
+        """A pending login, without using it up."""
+        raw = await self.store.get(f"state:{state}")
+        return json.loads(raw) if raw else None
+
+    async def consume_state(self, state: str) -> bool:
+        """Use a state up; True for exactly one caller."""
+        return await self.store.delete(f"state:{state}")

@@ -1,0 +1,51 @@
+"""Plain helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from yarl import URL
+
+from proxy.mock_twitch import MockTwitch
+
+
+def proxy_config_flags(mock_url: str) -> dict[str, Any]:
+    """Flags that point a proxy at a mock Twitch served at ``mock_url``."""
+    return {
+        "twitch.client_id": "mock-client-id",
+        "twitch.client_secret": "mock-client-secret",
+        "twitch.id_url": mock_url,
+        "twitch.helix_url": f"{mock_url}/helix",
+    }
+
+
+async def authorize(proxy: TestClient, **login_params: str) -> URL:
+    """Run /login and the mock's consent; return the callback URL Twitch sent back."""
+    login = await proxy.get("/login", params=login_params, allow_redirects=False)
+    assert login.status == 302, await login.text()
+    authorize_url = URL(login.headers["Location"])
+    # The mock auto-approves: it answers with a redirect to our /callback.
+    async with proxy.session.get(authorize_url, allow_redirects=False) as consent:
+        assert consent.status == 302, await consent.text()
+        return URL(consent.headers["Location"])
+
+
+async def login(proxy: TestClient, **login_params: str) -> dict[str, Any]:
+    """The whole browser flow, ending with /callback's JSON answer."""
+    back = await authorize(proxy, **login_params)
+    response = await proxy.get("/callback", params=back.query,
+                               headers={"Accept": "application/json"})
+    body = await response.json()
+    assert response.status == 200, body
+    return body
+
+
+def calls(mock: MockTwitch, name: str) -> int:
+    """How often the mock saw ``name`` (e.g. ``"token:refresh_token"``)."""
+    return mock.calls[name]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value)
