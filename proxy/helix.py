@@ -1,0 +1,305 @@
+"""``/helix/*``: Twitch's Helix API, with the credentials supplied by the proxy.
+
+A widget calls ``<proxy>/helix/users?login=foo`` exactly as it would call
+``https://api.twitch.tv/helix/users?login=foo``. This module:
+
+1. checks the path stays under the Helix base (an allowlist of plain path
+   segments: no dots, no encoded characters, no backslashes, no empty
+   segments), before any upstream call;
+2. works out the credential (:func:`resolve_credential`): a proxy key
+   (``Bearer tpk_...``), an old widget's Twitch pair (``Bearer <access>`` plus
+   ``X-Refresh-Token``), a bare Twitch token (passed through), or, when enabled,
+   the app access token;
+3. forwards the request with only the headers Helix needs, the configured
+   Client-Id and the current access token;
+4. on a 401 that means "token invalid or expired" refreshes once through
+   :mod:`proxy.refresh` (shared by every concurrent request) and retries once
+   with the buffered body; a 503 is retried once; a 429 gets ``Retry-After``;
+5. answers Twitch's status and body, minus hop-by-hop headers and cookies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .app_keys import (
+    app_token_key,
+    config_key,
+    grants_key,
+    http_session_key,
+    refresher_key,
+    twitch_key,
+)
+from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge
+from .grants import PROXY_KEY_PREFIX, Grant
+from .twitch import upstream_errors
+
+__all__ = ["Credential", "classify_401", "helix_url_for", "resolve_credential", "setup_helix"]
+
+log = logging.getLogger(__name__)
+
+#: Request headers passed to Helix; everything else (cookies, Host, Origin,
+#: X-Refresh-Token, the caller's Authorization) stays here.
+FORWARDED_REQUEST_HEADERS = ("Accept", "Accept-Encoding", "Content-Type")
+
+#: Response headers never passed back: hop-by-hop headers describe the
+#: connection to Twitch, not ours; cookies are Twitch's, not the widget's;
+#: CORS headers are the proxy's own business; Server and Date are set by us.
+DROPPED_RESPONSE_HEADERS = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+    "Trailer", "Transfer-Encoding", "Upgrade", "Set-Cookie", "Server", "Date",
+    "Access-Control-Allow-Origin", "Access-Control-Allow-Credentials",
+    "Access-Control-Expose-Headers", "Access-Control-Allow-Headers",
+    "Access-Control-Allow-Methods", "Access-Control-Max-Age",
+))
+
+#: Helix paths are plain words separated by single slashes.
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)*")
+
+#: Bodies up to this size are read whole (fast path); larger ones are streamed.
+_WHOLE_BODY_LIMIT = 64 * 1024
+
+#: 401 messages after which a refresh helps, and those after which it cannot.
+_REFRESHABLE_401 = ("invalid oauth token", "invalid access token", "token is expired",
+                    "expired")
+_FINAL_401 = ("missing scope", "client id and oauth token do not match",
+              "oauth token is missing", "missing user oauth token")
+
+Mode = Literal["key", "legacy", "passthrough", "app"]
+
+
+@dataclass(frozen=True)
+class Credential:
+    """How one request authenticates upstream."""
+
+    mode: Mode
+    access_token: str
+    grant: Grant | None = None
+
+
+def helix_url_for(base: str, path: str, raw_query: str) -> URL:
+    """The upstream URL, or InvalidPath when ``path`` could leave ``base``.
+
+    ``path`` is the raw (still percent-encoded) part after ``/helix/``; the
+    query string is kept byte for byte (order, repeated keys, encoding).
+    """
+    if not _SAFE_PATH.fullmatch(path):
+        raise InvalidPath("The Helix path may only contain letters, digits, '-', '_' and "
+                          "single '/' between them.")
+    url = URL(f"{base}/{path}" + (f"?{raw_query}" if raw_query else ""), encoded=True)
+    if not url.path.startswith(URL(base).path.rstrip("/") + "/"):
+        raise InvalidPath("The Helix path leaves the Helix API.")  # pragma: no cover
+    return url
+
+
+def classify_401(body: bytes, content_encoding: str = "") -> Literal["refresh", "final", "unknown"]:
+    """Whether a Helix 401 means "refresh the token" (see twitch-facts)."""
+    try:
+        if content_encoding in ("gzip", "deflate"):
+            body = zlib.decompress(body, 47)  # 47: auto-detect gzip or zlib header
+        message = str(json.loads(body).get("message", "")).lower()
+    except (ValueError, AttributeError, zlib.error):
+        return "unknown"
+    if any(text in message for text in _FINAL_401):
+        return "final"
+    if any(text in message for text in _REFRESHABLE_401):
+        return "refresh"
+    return "unknown"
+
+
+async def resolve_credential(request: web.Request) -> Credential:
+    """The credential a request brings (see the module docstring)."""
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if not authorization:
+        if request.app[config_key].helix.app_token:
+            return Credential("app", await request.app[app_token_key].token())
+        raise InvalidRequest("Send Authorization: Bearer <proxy key>.",
+                             login_url=f"{request.app[config_key].server.public_url}/login")
+    if scheme.lower() != "bearer" or not token:
+        raise InvalidRequest("The Authorization header must be 'Bearer <proxy key or token>'.")
+    refresher = request.app[refresher_key]
+    if token.startswith(PROXY_KEY_PREFIX):
+        grants = request.app[grants_key]
+        record = await grants.key_record(token)
+        grant = await grants.get(record.grant_id) if record else None
+        if grant is None:
+            raise InvalidProxyKey("This proxy key is unknown or was revoked.")
+        grant = await refresher.ensure_fresh(grant)
+        return Credential("key", grant.access_token, grant)
+    refresh_token = request.headers.get("X-Refresh-Token", "").strip()
+    if refresh_token:
+        grant = await refresher.adopt(token, refresh_token)
+        grant = await refresher.ensure_fresh(grant)
+        return Credential("legacy", grant.access_token, grant)
+    return Credential("passthrough", token)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, buffered so a retry sends the same bytes."""
+    limit = request.app[config_key].helix.max_body
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"The body is larger than {limit} bytes.") from None
+    if len(body) > limit:
+        raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    return body
+
+
+def _upstream_headers(request: web.Request, client_id: str, token: str) -> dict[str, str]:
+    headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS
+               if name in request.headers}
+    headers["Client-Id"] = client_id
+    headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def _response_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in DROPPED_RESPONSE_HEADERS:
+            headers.add(name, value)
+    return headers
+
+
+def _retry_after(headers: Mapping[str, str]) -> str:
+    """Seconds until the Helix rate-limit bucket refills (at least 1)."""
+    try:
+        reset = float(headers["Ratelimit-Reset"])
+    except (KeyError, ValueError):
+        return "1"
+    return str(max(1, int(reset - time.time() + 0.999)))
+
+
+async def helix_proxy(request: web.Request) -> web.StreamResponse:
+    """Forward one request to Helix; refresh once and retry on an expired token."""
+    app = request.app
+    config = app[config_key]
+    # The raw path: percent-escapes must reach the allowlist still escaped.
+    path = request.rel_url.raw_path.removeprefix("/helix/")
+    url = helix_url_for(config.twitch.helix_url.rstrip("/"), path,
+                        request.rel_url.raw_query_string)
+    credential = await resolve_credential(request)
+    body = await _read_body(request) if request.can_read_body else b""
+    session = app[http_session_key]
+    retried_401 = retried_503 = False
+
+    while True:
+        with upstream_errors():
+            upstream = await session.request(
+                request.method, url, data=body or None,
+                headers=_upstream_headers(request, config.twitch.client_id,
+                                          credential.access_token),
+                allow_redirects=False,
+            )
+        try:
+            if upstream.status == 401 and not retried_401 and credential.mode != "passthrough":
+                with upstream_errors():
+                    payload = await upstream.read()
+                renewed = await _after_401(request, credential, payload,
+                                           upstream.headers.get("Content-Encoding", ""))
+                if renewed is None:
+                    return _answer(upstream, payload, credential)
+                retried_401, credential = True, renewed
+                continue
+            if upstream.status == 503 and not retried_503:
+                retried_503 = True  # Twitch's guide: retry a 503 once
+                await asyncio.sleep(0.1)
+                continue
+            return await _relay(request, upstream, credential)
+        finally:
+            upstream.release()
+
+
+async def _after_401(request: web.Request, credential: Credential, payload: bytes,
+                     content_encoding: str) -> Credential | None:
+    """The credential to retry with, or None to pass the 401 on."""
+    kind = classify_401(payload, content_encoding)
+    if kind == "final":
+        return None
+    if kind == "unknown":
+        # Twitch asks clients not to rely on messages: /validate decides.
+        if await request.app[twitch_key].validate(credential.access_token) is not None:
+            return None
+    if credential.mode == "app":
+        token = await request.app[app_token_key].renew(credential.access_token)
+        return Credential("app", token)
+    assert credential.grant is not None
+    grant = await request.app[refresher_key].refresh(
+        credential.grant.grant_id, stale_access_token=credential.access_token)
+    return Credential(credential.mode, grant.access_token, grant)
+
+
+def _credential_headers(response: web.StreamResponse, credential: Credential) -> None:
+    """Old widgets may read the grant's current pair from these headers."""
+    if credential.mode == "legacy" and credential.grant is not None:
+        response.headers["X-Access-Token"] = credential.grant.access_token
+        response.headers["X-Refresh-Token"] = credential.grant.refresh_token
+        response.headers["Cache-Control"] = "no-store"
+
+
+def _answer(upstream: aiohttp.ClientResponse, payload: bytes,
+            credential: Credential) -> web.Response:
+    """Twitch's answer with a body already read."""
+    headers = _response_headers(upstream.headers)
+    headers.pop("Content-Length", None)
+    if upstream.status == 429:
+        headers["Retry-After"] = _retry_after(upstream.headers)
+    response = web.Response(status=upstream.status, body=payload, headers=headers)
+    _credential_headers(response, credential)
+    return response
+
+
+async def _relay(request: web.Request, upstream: aiohttp.ClientResponse,
+                 credential: Credential) -> web.StreamResponse:
+    """Pass Twitch's answer on: whole when small, streamed when large or unsized."""
+    length = upstream.content_length
+    if length is not None and length <= _WHOLE_BODY_LIMIT:
+        with upstream_errors():
+            payload = await upstream.read()
+        return _answer(upstream, payload, credential)
+    headers = _response_headers(upstream.headers)
+    if upstream.status == 429:
+        headers["Retry-After"] = _retry_after(upstream.headers)
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    _credential_headers(response, credential)
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientError, TimeoutError):
+        # The status line is gone already: cut the connection so the client
+        # sees a broken response instead of a silently truncated one.
+        log.warning("upstream body broke off after the headers were sent; closing")
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+def setup_helix(app: web.Application) -> None:
+    """Register ``/helix/{path}`` for each method Helix uses.
+
+    Each method is added on its own: aiohttp-cors cannot add a ``*`` route.
+    """
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        app.router.add_route(method, "/helix/{path:.*}", helix_proxy)
+

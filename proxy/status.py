@@ -1,0 +1,103 @@
+"""Endpoints for whoever holds a proxy key: ``/status`` and ``POST /revoke``.
+
+``GET /status`` with ``Authorization: Bearer tpk_...`` answers the grant's
+state as JSON, so a widget can show "please log in again". In a browser,
+``GET /status`` shows a form and the key is POSTed, never put in a URL.
+``POST /revoke`` revokes the key (and with ``?twitch=true`` the Twitch token).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from . import pages
+from .app_keys import config_key, grants_key, twitch_key
+from .errors import InvalidProxyKey, InvalidRequest, ProxyError
+from .grants import NEEDS_REAUTH, PROXY_KEY_PREFIX, Grant, KeyRecord
+from .oauth import wants_json
+
+__all__ = ["grant_status", "setup_status"]
+
+
+def grant_status(grant: Grant, login_url: str) -> dict[str, Any]:
+    """The public facts about a grant: no token, no key."""
+    status: dict[str, Any] = {
+        "login": grant.login,
+        "user_id": grant.user_id,
+        "scopes": list(grant.scopes),
+        "expires_in": grant.expires_in(),
+        "state": grant.state,
+        "last_refresh_at": grant.last_refresh_at,
+        "last_validated_at": grant.last_validated_at,
+    }
+    if grant.state == NEEDS_REAUTH:
+        status["login_url"] = login_url
+    return status
+
+
+def _bearer_key(request: web.Request) -> str:
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key.startswith(PROXY_KEY_PREFIX):
+        raise InvalidRequest("Send Authorization: Bearer <proxy key>.")
+    return key
+
+
+async def _grant_for_key(request: web.Request, key: str) -> tuple[KeyRecord, Grant]:
+    grants = request.app[grants_key]
+    record = await grants.key_record(key)
+    grant = await grants.get(record.grant_id) if record else None
+    if record is None or grant is None:
+        raise InvalidProxyKey("This proxy key is unknown or was revoked.")
+    return record, grant
+
+
+def _login_url(request: web.Request) -> str:
+    return f"{request.app[config_key].server.public_url}/login"
+
+
+async def status_get(request: web.Request) -> web.Response:
+    """JSON for a key in the Authorization header; otherwise the form page."""
+    if "Authorization" not in request.headers and not wants_json(request):
+        return pages.status_page(request, None)
+    _, grant = await _grant_for_key(request, _bearer_key(request))
+    return web.json_response(grant_status(grant, _login_url(request)),
+                             headers={"Cache-Control": "no-store"})
+
+
+async def status_post(request: web.Request) -> web.Response:
+    """The status page for a key pasted into the form."""
+    form = await request.post()
+    key = str(form.get("key", "")).strip()
+    try:
+        if not key.startswith(PROXY_KEY_PREFIX):
+            raise InvalidProxyKey("That is not a proxy key: it starts with tpk_.")
+        _, grant = await _grant_for_key(request, key)
+    except ProxyError as exc:
+        return pages.status_page(request, None, error=exc)
+    return pages.status_page(request, grant_status(grant, _login_url(request)))
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """Revoke the presented key; with ``?twitch=true`` also the Twitch token."""
+    key = _bearer_key(request)
+    _, grant = await _grant_for_key(request, key)
+    grants = request.app[grants_key]
+    twitch_revoked = False
+    if request.query.get("twitch", "").lower() == "true":
+        twitch = request.app[twitch_key]
+        # Revoking the refresh token ends the whole chain at Twitch.
+        twitch_revoked = await twitch.revoke(grant.refresh_token)
+        await twitch.revoke(grant.access_token)
+        await grants.update(grant.grant_id, state=NEEDS_REAUTH)
+    await grants.revoke_key(key)
+    return web.json_response({"revoked": True, "twitch_revoked": twitch_revoked})
+
+
+def setup_status(app: web.Application) -> None:
+    """Register /status and /revoke."""
+    app.router.add_get("/status", status_get, name="status")
+    app.router.add_post("/status", status_post)
+    app.router.add_post("/revoke", revoke, name="revoke")
