@@ -91,6 +91,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[app_token_key] = AppTokenProvider(twitch)
     yield
+    await app[refresher_key].aclose()
     await store.close()
 
 

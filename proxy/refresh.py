@@ -137,6 +137,11 @@ class Refresher:
             lambda: self._adopt_pair_locked(access_token, refresh_token),
         )
 
+    async def aclose(self) -> None:
+        """Let refreshes in flight finish (their rotations must be stored)."""
+        if self._flights:
+            await asyncio.gather(*self._flights.values(), return_exceptions=True)
+
     # -- flights ---------------------------------------------------------------------
 
     async def _single_flight(self, name: str, work: Callable[[], Awaitable[Grant]]) -> Grant:

@@ -231,3 +231,20 @@ async def test_restart_on_same_sqlite_file_keeps_grant(aiohttp_client, proxy_con
     response = await second.post("/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert response.status == 200
     assert len(await second.app[grants_key].all_ids()) == 1
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_shutdown_mid_refresh_stores_the_rotation(aiohttp_client, proxy_config, mock):
+    first = await aiohttp_client(create_app(proxy_config))
+    tokens = await login(first)
+    mock.token_delay = 0.3
+    request = asyncio.ensure_future(
+        first.post("/refresh", json={"refresh_token": tokens["refresh_token"]}))
+    while mock.calls["token:refresh_token"] == 0:
+        await asyncio.sleep(0.01)
+    request.cancel()
+    await first.close()  # shutdown waits for the refresh in flight
+    second = await aiohttp_client(create_app(proxy_config))
+    grant = await grant_of(second, tokens["proxy_key"])
+    assert grant.refresh_token != tokens["refresh_token"]
+    assert grant.refresh_token in mock.refresh_tokens  # the live one at Twitch
