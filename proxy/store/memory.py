@@ -76,10 +76,11 @@ class LeaseLockTable:
             if remaining <= 0:
                 raise LockTimeout("Timed out waiting for a lock held by another request.")
             # Wake on release, at the holder's lease end, or when our wait runs out.
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the release does, and we would take the lock.
             with suppress(TimeoutError):
-                await asyncio.wait_for(
-                    holder.released.wait(), min(remaining, holder.expires_at - now)
-                )
+                async with asyncio.timeout(min(remaining, holder.expires_at - now)):
+                    await holder.released.wait()
 
     def release(self, name: str, owner: object) -> bool:
         """Release ``name`` if ``owner`` still holds it; say whether it did."""

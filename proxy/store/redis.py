@@ -90,8 +90,10 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        # The message names the server and the failure, never a key or value.
-        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        # Logged here, as the message a client sees does not name the cause. The
+        # error names the server and the failure, never a key or value.
+        log.warning("Redis is unavailable: %s", exc)
+        raise StoreUnavailable("The token store (Redis) is unavailable.") from exc
 
 
 def _split_cert_reqs(url: str) -> tuple[str, ssl.VerifyMode | None]:
@@ -227,11 +229,18 @@ class RedisStore:
 
     async def _take_lock(self, name: str, owner: str, lease: float, deadline: float) -> None:
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        cancels_before = task.cancelling() if task else 0
         delay = _POLL_FIRST
         while True:
             try:
                 with _unavailable_on_connection_errors():
                     taken = await self._client.set(name, owner, nx=True, px=_milliseconds(lease))
+                if task is not None and task.cancelling() > cancels_before:
+                    # redis-py awaits asyncio.wait_for, which on Python 3.11 swallows
+                    # a cancellation landing as the command completes; without this
+                    # a cancelled waiter would poll on and take the lock anyway.
+                    raise asyncio.CancelledError
             except BaseException:
                 # Cancelled (or cut off) after the SET may have run: do not
                 # leave our lock behind for a whole lease.

@@ -26,8 +26,8 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,17 @@ _POLL_MAX = 0.05
 
 # Expired rows nobody reads again are purged at most this often, on a write.
 _PURGE_INTERVAL = 60.0
+
+
+@contextmanager
+def _unavailable_on_operational_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        # "database is locked" once busy_timeout is over, disk and I/O errors.
+        # Logged here, as the message a client sees does not name the cause.
+        log.warning("the SQLite store failed: %s", exc)
+        raise StoreUnavailable("The token store (SQLite) is unavailable.") from exc
 
 
 class SQLiteStore:
@@ -130,19 +141,14 @@ class SQLiteStore:
 
     async def _run(self, sql: str, params: Iterable[Any] = ()) -> int:
         """Execute one statement; return how many rows it changed."""
-        try:
+        with _unavailable_on_operational_errors():
             async with self._db.execute(sql, tuple(params)) as cursor:
                 return cursor.rowcount
-        except sqlite3.OperationalError as exc:
-            # "database is locked" after busy_timeout, disk and I/O errors.
-            raise StoreUnavailable(f"The SQLite store failed: {exc}") from exc
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        try:
+        with _unavailable_on_operational_errors():
             async with self._db.execute(sql, tuple(params)) as cursor:
                 return list(await cursor.fetchall())
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"The SQLite store failed: {exc}") from exc
 
     async def _maybe_purge(self, now: float) -> None:
         if now - self._last_purge >= _PURGE_INTERVAL:
