@@ -43,6 +43,7 @@ from .refresh import AppTokenProvider, Refresher
 from .status import setup_status
 from .store import open_store, sqlite_path
 from .twitch import TwitchClient
+from .validator import setup_validator
 
 __all__ = ["create_app", "cipher_for"]
 
@@ -87,7 +88,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[twitch_key] = twitch
     app[refresher_key] = Refresher(
         grants, twitch, replay_window=config.auth.replay_window,
-        login_url=f"{config.server.public_url}/login",
+        login_url=f"{config.server.public_url}/login", lock_lease=config.store.lock_lease,
     )
     app[app_token_key] = AppTokenProvider(twitch)
     yield
@@ -107,6 +108,7 @@ def create_app(config: Config) -> web.Application:
     app[config_key] = config
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(store_ctx)
+    setup_validator(app)
     app.router.add_get("/", landing, name="landing")
     setup_oauth(app)
     setup_health(app)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .refresh import AppTokenProvider, Refresher
     from .store.base import TokenStore
     from .twitch import TwitchClient
+    from .validator import Validator
 
 __all__ = [
     "app_token_key",
@@ -22,6 +23,7 @@ __all__ = [
     "refresher_key",
     "store_key",
     "twitch_key",
+    "validator_key",
 ]
 
 config_key: web.AppKey[Config] = web.AppKey("config_key")
@@ -31,3 +33,4 @@ grants_key: web.AppKey[GrantStore] = web.AppKey("grants_key")
 twitch_key: web.AppKey[TwitchClient] = web.AppKey("twitch_key")
 refresher_key: web.AppKey[Refresher] = web.AppKey("refresher_key")
 app_token_key: web.AppKey[AppTokenProvider] = web.AppKey("app_token_key")
+validator_key: web.AppKey[Validator] = web.AppKey("validator_key")

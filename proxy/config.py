@@ -128,6 +128,11 @@ class StoreConfig:
         "Fernet key(s), comma-separated (first encrypts, all decrypt).",
         default=Secret(""),
     )
+    lock_lease: float = _doc(
+        "Seconds a refresh lock outlives a process that died holding it "
+        "(longer than twitch.timeout).",
+        default=30.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,11 @@ class AuthConfig:
     )
     allowed_logins: tuple[str, ...] = _doc(
         "Twitch logins allowed to connect (empty: anyone).", default=()
+    )
+    validate_interval: float = _doc(
+        "Seconds between checks of each grant's access token at Twitch's /oauth2/validate "
+        "(Twitch requires hourly), shared by every process.",
+        default=3600.0,
     )
 
 
@@ -469,6 +479,11 @@ def validate_other(config: Config) -> list[str]:
         problems.append("helix.max_body must not be negative")
     if config.auth.state_ttl <= 0 or config.auth.replay_window < 0:
         problems.append("auth.state_ttl must be positive and auth.replay_window not negative")
+    if config.auth.validate_interval <= 0:
+        problems.append("auth.validate_interval must be positive")
+    if config.store.lock_lease <= config.twitch.timeout:
+        problems.append("store.lock_lease must be longer than twitch.timeout, or a live "
+                        "refresh could lose its lock")
     return problems
 
 

@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from .errors import ReauthorizationRequired, TwitchRefused, UpstreamError
 from .grants import ACTIVE, NEEDS_REAUTH, Grant, GrantStore, LoadedGrant, token_hash
-from .store.base import DEFAULT_LOCK_LEASE
+from .store.base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT
 from .twitch import TokenSet, TwitchClient
 
 __all__ = ["EXPIRY_MARGIN", "AppTokenProvider", "RefreshOutcome", "Refresher", "new_grant_id"]
@@ -156,7 +156,10 @@ class Refresher:
         return await asyncio.shield(task)
 
     async def _locked(self, name: str, work: Callable[[], Awaitable[Grant]]) -> Grant:
-        async with self._grants.store.lock(f"refresh:{name}", lease=self._lock_lease):
+        # Wait past the lease: a waiter must outlive a holder that died.
+        wait = max(DEFAULT_LOCK_WAIT, self._lock_lease + 5.0)
+        async with self._grants.store.lock(f"refresh:{name}", lease=self._lock_lease,
+                                           wait=wait):
             return await work()
 
     def _reauth(self) -> ReauthorizationRequired:

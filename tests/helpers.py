@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -49,3 +50,36 @@ def calls(mock: MockTwitch, name: str) -> int:
 
 def dumps(value: Any) -> str:
     return json.dumps(value)
+
+
+async def seed_grants(config: Any, mock: MockTwitch, count: int) -> list[Any]:
+    """Store ``count`` grants of new mock users in ``config``'s store, as a past login would.
+
+    Returns the grants (with their tokens); the store is closed again, so an app
+    started afterwards finds them there.
+    """
+    from proxy.app import cipher_for
+    from proxy.grants import Grant, GrantStore
+    from proxy.refresh import new_grant_id
+    from proxy.store import open_store
+
+    store = await open_store(config.store.url, prefix=config.store.prefix)
+    grants = GrantStore(store, cipher_for(config))
+    seeded = []
+    try:
+        for _ in range(count):
+            user_id = str(50_000_000 + len(mock.users))
+            mock.add_user(user_id, f"seeded{user_id}")
+            tokens = mock.issue_tokens(user_id, ["user:read:email"])
+            now = time.time()
+            grant = Grant(
+                grant_id=new_grant_id(), user_id=user_id, login=f"seeded{user_id}",
+                scopes=tuple(tokens["scope"]), access_token=tokens["access_token"],
+                refresh_token=tokens["refresh_token"], expires_at=now + tokens["expires_in"],
+                created_at=now, updated_at=now,
+            )
+            await grants.create(grant)
+            seeded.append(grant)
+    finally:
+        await store.close()
+    return seeded

@@ -1,0 +1,238 @@
+"""Hourly validation of every grant's access token, as Twitch requires.
+
+Twitch: "Any third-party app that calls the Twitch APIs and maintains an OAuth
+session must call the /validate endpoint ... when it starts and on an hourly
+basis thereafter." The :class:`Validator` does that for every active grant:
+
+- **valid**: ``last_validated_at`` is stamped on the grant, and its expiry is
+  taken from Twitch's ``expires_in``;
+- **invalid** (401): the grant is refreshed through
+  :class:`~proxy.refresh.Refresher` (the only place refresh happens); a
+  permanent refusal there marks the grant ``needs_reauth``, which ``/status``
+  shows;
+- **Twitch failing** (5xx, timeout, unreachable) during validation or refresh:
+  the grant is left as it is and tried again at the next sweep.
+
+Once per interval in total, however many processes run. Every process has a
+validator, but a grant is validated only by the one that *claims* it: a
+``validated:<grant_id>`` store key written with compare-and-swap (absent ->
+ours) that lives ``auth.validate_interval`` seconds. A process sweeps at start
+and then every :attr:`Validator.sweep_period` seconds (the interval, or
+:data:`MAX_SWEEP_PERIOD` when that is shorter), validating the grants nobody
+claimed within the interval; so a process that died leaves its share to the
+others within one sweep. When Twitch failed, the claim is given back, so the
+next sweep (of any process) tries again.
+
+A restart within the interval does not validate again the grants that were
+validated less than an interval ago: the claims are in the shared store, and
+the session was checked within the hour, which is what Twitch asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from .app_keys import config_key, grants_key, refresher_key, twitch_key, validator_key
+from .crypto import DecryptionFailed
+from .errors import ReauthorizationRequired, TwitchRefused, UpstreamError
+from .grants import ACTIVE, Grant, GrantStore
+from .refresh import Refresher
+from .store.base import StoreUnavailable
+from .twitch import TwitchClient
+
+__all__ = ["CLAIM_PREFIX", "MAX_SWEEP_PERIOD", "ValidationOutcome", "Validator",
+           "setup_validator", "validator_ctx"]
+
+log = logging.getLogger(__name__)
+
+#: Store key prefix of the per-grant, per-interval validation claims.
+CLAIM_PREFIX = "validated:"
+#: Longest pause between two sweeps of one process (seconds): bounds how late a
+#: grant is validated when the process that last claimed it is gone.
+MAX_SWEEP_PERIOD = 300.0
+#: Validations one process runs at once (each is one small call to Twitch).
+CONCURRENT_VALIDATIONS = 8
+
+
+class ValidationOutcome:
+    """What happened to one grant in a sweep, as logged and returned."""
+
+    VALID = "valid"
+    REFRESHED = "refreshed"
+    NEEDS_REAUTH = "needs_reauth"
+    #: Twitch failed to validate; the grant is untouched, retried next sweep.
+    UNAVAILABLE = "unavailable"
+    #: The token was invalid but refreshing failed transiently; retried next sweep.
+    REFRESH_FAILED = "refresh_failed"
+    #: Validated elsewhere within the interval, gone, or not active.
+    SKIPPED = "skipped"
+
+
+_RETRIED = frozenset({ValidationOutcome.UNAVAILABLE, ValidationOutcome.REFRESH_FAILED})
+
+
+class Validator:
+    """Validates every active grant once per ``interval`` across all processes."""
+
+    def __init__(self, grants: GrantStore, twitch: TwitchClient, refresher: Refresher, *,
+                 interval: float) -> None:
+        if interval <= 0:
+            raise ValueError("the validation interval must be positive")
+        self._grants = grants
+        self._twitch = twitch
+        self._refresher = refresher
+        self.interval = interval
+        self.sweep_period = min(interval, MAX_SWEEP_PERIOD)
+        # Written into this process's claims, so only we give them back.
+        self._owner = secrets.token_hex(8).encode()
+        self._task: asyncio.Task[None] | None = None
+        #: Sweeps finished by this validator, and the outcomes of the last one.
+        self.completed_sweeps = 0
+        self.last_outcomes: dict[str, str] = {}
+
+    # -- running in the background ---------------------------------------------
+
+    async def start(self) -> None:
+        """List the grants there are now and validate them in the background, then sweep on.
+
+        Listing first means "at start" is exactly the grants that existed at
+        start, not whatever a request creates a moment later.
+        """
+        try:
+            first: list[str] | None = await self._grants.all_ids()
+        except StoreUnavailable as exc:
+            log.warning("validation deferred: the store is unavailable (%s)", exc)
+            first = None
+        self._task = asyncio.create_task(self._run(first), name="grant-validator")
+
+    async def stop(self) -> None:
+        """Stop sweeping; a validation in progress is abandoned (its claim expires)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self, first: list[str] | None) -> None:
+        grant_ids = first
+        while True:
+            try:
+                await self.sweep(grant_ids)
+            except Exception:  # a bug must not end validation for good
+                log.exception("validation sweep failed")
+            grant_ids = None
+            await asyncio.sleep(self.sweep_period)
+
+    # -- one sweep ------------------------------------------------------------------
+
+    async def sweep(self, grant_ids: list[str] | None = None) -> dict[str, str]:
+        """Validate every grant (or those given) not claimed this interval; outcomes by id."""
+        try:
+            if grant_ids is None:
+                grant_ids = await self._grants.all_ids()
+        except StoreUnavailable as exc:
+            log.warning("validation sweep skipped: the store is unavailable (%s)", exc)
+            return {}
+        limit = asyncio.Semaphore(CONCURRENT_VALIDATIONS)
+
+        async def bounded(grant_id: str) -> str:
+            async with limit:
+                return await self.validate_grant(grant_id)
+
+        outcomes = await asyncio.gather(*(bounded(grant_id) for grant_id in grant_ids))
+        self.last_outcomes = dict(zip(grant_ids, outcomes, strict=True))
+        self.completed_sweeps += 1
+        return self.last_outcomes
+
+    async def validate_grant(self, grant_id: str) -> str:
+        """Claim ``grant_id`` for this interval and validate it; the outcome."""
+        claim = CLAIM_PREFIX + grant_id
+        store = self._grants.store
+        try:
+            if not await store.compare_and_swap(claim, None, self._owner, ttl=self.interval):
+                return ValidationOutcome.SKIPPED  # another process (or sweep) has it
+            outcome = await self._validate_claimed(grant_id)
+            if outcome in _RETRIED and await store.get(claim) == self._owner:
+                await store.delete(claim)
+            return outcome
+        except StoreUnavailable as exc:
+            log.warning("validation grant=%s outcome=%s: the store is unavailable (%s)",
+                        grant_id, ValidationOutcome.UNAVAILABLE, exc)
+            return ValidationOutcome.UNAVAILABLE
+        except DecryptionFailed as exc:
+            log.error("validation grant=%s outcome=%s: %s", grant_id,
+                      ValidationOutcome.SKIPPED, exc)
+            return ValidationOutcome.SKIPPED
+
+    async def _validate_claimed(self, grant_id: str) -> str:
+        grant = await self._grants.get(grant_id)
+        if grant is None or grant.state != ACTIVE:
+            return ValidationOutcome.SKIPPED
+        try:
+            identity = await self._twitch.validate(grant.access_token)
+        except UpstreamError as exc:
+            log.warning("validation grant=%s outcome=%s error=%s", grant_id,
+                        ValidationOutcome.UNAVAILABLE, exc.code)
+            return ValidationOutcome.UNAVAILABLE
+        now = time.time()
+        if identity is not None:
+            await self._stamp(grant, last_validated_at=now,
+                              expires_at=now + identity.expires_in)
+            log.info("validation grant=%s login=%s outcome=%s", grant_id, grant.login,
+                     ValidationOutcome.VALID)
+            return ValidationOutcome.VALID
+        try:
+            refreshed = await self._refresher.refresh(grant_id,
+                                                      stale_access_token=grant.access_token)
+        except ReauthorizationRequired:
+            log.warning("validation grant=%s login=%s outcome=%s: Twitch refused the refresh "
+                        "token; the user must log in again", grant_id, grant.login,
+                        ValidationOutcome.NEEDS_REAUTH)
+            return ValidationOutcome.NEEDS_REAUTH
+        except (TwitchRefused, UpstreamError) as exc:
+            log.warning("validation grant=%s outcome=%s error=%s", grant_id,
+                        ValidationOutcome.REFRESH_FAILED, exc.code)
+            return ValidationOutcome.REFRESH_FAILED
+        # Twitch has just issued this token, which is as good as validating it.
+        await self._stamp(refreshed, last_validated_at=now)
+        log.info("validation grant=%s login=%s outcome=%s", grant_id, grant.login,
+                 ValidationOutcome.REFRESHED)
+        return ValidationOutcome.REFRESHED
+
+    async def _stamp(self, seen: Grant, **changes: Any) -> None:
+        """Record ``changes`` on the grant, unless its token changed since we saw it.
+
+        A refresh may land between our validate call and this write; Twitch's
+        answer was about the old token and must not touch the new one.
+        """
+        while True:
+            loaded = await self._grants.load(seen.grant_id)
+            if loaded is None or loaded.grant.access_token != seen.access_token:
+                return
+            new = dataclasses.replace(loaded.grant, updated_at=time.time(), **changes)
+            if await self._grants.replace(loaded, new):
+                return
+
+
+async def validator_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start validating when the app starts; stop at shutdown."""
+    validator = Validator(app[grants_key], app[twitch_key], app[refresher_key],
+                          interval=app[config_key].auth.validate_interval)
+    app[validator_key] = validator
+    await validator.start()
+    yield
+    await validator.stop()
+
+
+def setup_validator(app: web.Application) -> None:
+    """Register the validator; it needs the store, so add it after ``store_ctx``."""
+    app.cleanup_ctx.append(validator_ctx)
