@@ -20,6 +20,7 @@ from aiohttp import web
 from .app import create_app
 from .config import Config, ConfigError, env_table, load_config
 from .logs import setup_logging
+from .server import serve
 
 __all__ = ["build_parser", "main"]
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--public-url", help="public base URL (redirect_uri base)")
     parser.add_argument("--store", metavar="URL", help="token store URL")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--workers", help="worker processes (WEB_CONCURRENCY)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and exit")
     parser.add_argument("--mock-twitch", action="store_true",
@@ -62,6 +64,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "server.public_url": args.public_url,
         "store.url": args.store,
         "log.level": args.log_level,
+        "server.workers": args.workers,
     }
 
 
@@ -106,23 +109,14 @@ async def _with_mock(config: Config, mock_port: int) -> web.Application:
     return app
 
 
-def serve(config: Config, *, mock_port: int | None = None) -> None:
-    """Run the proxy until SIGINT/SIGTERM, finishing in-flight requests first."""
-    app: web.Application | Any = (
-        create_app(config) if mock_port is None else _with_mock(config, mock_port)
-    )
-    if mock_port is not None:
-        print(f"mock Twitch on http://127.0.0.1:{mock_port} "
-              f"(client id {MOCK_CLIENT_ID}); open {config.server.public_url}/ to try the flow",
-              flush=True)
-    web.run_app(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        shutdown_timeout=config.server.shutdown_grace,
-        access_log=None,
-        print=lambda text: print(text.splitlines()[0], flush=True),
-    )
+def _serve(config: Config, mock_port: int | None) -> None:
+    """Serve (see :mod:`proxy.server`), with the mock Twitch beside it if asked."""
+    if mock_port is None:
+        serve(config)
+        return
+    serve(config, _with_mock(config, mock_port),
+          banner=f"mock Twitch on http://127.0.0.1:{mock_port} (client id {MOCK_CLIENT_ID}); "
+                 f"open {config.server.public_url}/ to try the flow")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     setup_logging(config.log.level, config.log.format)
     try:
-        serve(config, mock_port=mock_port)
+        _serve(config, mock_port)
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     return 0
