@@ -11,8 +11,10 @@ nothing on disk and is not encrypted.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import string
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -69,9 +71,21 @@ class FernetCipher(Cipher):
             ) from None
 
 
+def _as_fernet_key(text: str) -> Secret:
+    """``text``, or the same 32 bytes in Fernet's encoding when given as 64 hex digits.
+
+    Heroku's app.json ``"generator": "secret"`` makes 64 hex digits: 32 random
+    bytes, exactly a Fernet key's material, so a one-click deploy needs no
+    manual key.
+    """
+    if len(text) == 64 and all(c in string.hexdigits for c in text):
+        return Secret(base64.urlsafe_b64encode(bytes.fromhex(text)).decode())
+    return Secret(text)
+
+
 def parse_keys(value: Secret) -> list[Secret]:
     """Split a comma-separated key list; raise ValueError naming the bad position."""
-    keys = [Secret(part.strip()) for part in value.reveal().split(",") if part.strip()]
+    keys = [_as_fernet_key(part.strip()) for part in value.reveal().split(",") if part.strip()]
     for position, key in enumerate(keys, 1):
         try:
             Fernet(key.reveal().encode())

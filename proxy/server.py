@@ -131,6 +131,8 @@ def _serve_with_gunicorn(config: Config, *, banner: str | None) -> None:
         "certfile": config.server.tls_cert or None,
         "keyfile": config.server.tls_key or None,
         "proc_name": "twitch-proxy",
+        # gunicorn 23+ opens a control socket under $HOME by default; nothing uses it.
+        "control_socket_disable": True,
     }
 
     class ProxyApplication(BaseApplication):  # type: ignore[misc]
@@ -138,7 +140,8 @@ def _serve_with_gunicorn(config: Config, *, banner: str | None) -> None:
 
         def load_config(self) -> None:
             for key, value in options.items():
-                if value is not None:
+                # Settings newer than the installed gunicorn are skipped.
+                if value is not None and key in self.cfg.settings:
                     self.cfg.set(key, value)
 
         def load(self) -> Any:

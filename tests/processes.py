@@ -71,17 +71,25 @@ async def wait_ready(session: aiohttp.ClientSession, base: URL,
         await asyncio.sleep(0.2)
 
 
-async def browser_login(session: aiohttp.ClientSession, base: URL,
-                        **kwargs: Any) -> dict[str, Any]:
-    """/login -> the mock's (auto-approving) consent -> /callback, as JSON."""
-    async with session.get(base / "login", allow_redirects=False, **kwargs) as login:
+async def browser_login(session: aiohttp.ClientSession, base: URL, *,
+                        headers: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """/login -> the mock's (auto-approving) consent -> /callback, as JSON.
+
+    The state cookie is carried by hand: behind a router saying https it is
+    ``Secure``, which a client jar would not send over the test's plain http.
+    """
+    headers = headers or {}
+    async with session.get(base / "login", allow_redirects=False, headers=headers,
+                           **kwargs) as login:
         assert login.status == 302, await login.text()
         authorize = URL(login.headers["Location"])
+        cookies = "; ".join(f"{name}={morsel.value}" for name, morsel in login.cookies.items())
     async with session.get(authorize, allow_redirects=False) as consent:
         assert consent.status == 302, await consent.text()
         back = URL(consent.headers["Location"])
     async with session.get((base / "callback").with_query(back.query),
-                           headers={"Accept": "application/json"}, **kwargs) as callback:
+                           headers={**headers, "Accept": "application/json", "Cookie": cookies},
+                           **kwargs) as callback:
         body = await callback.json()
         assert callback.status == 200, body
         return body
