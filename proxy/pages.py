@@ -377,13 +377,15 @@ def status_page(request: web.Request, status: dict[str, Any] | None, *,
         last_refresh = status.get("last_refresh_at")
         last_validated = status.get("last_validated_at")
         relogin = ""
+        expiry = _expiry(float(status["expires_in"]), now)
         if state != ACTIVE:
+            expiry = "unusable until you log in again"
             relogin = (
                 '<div class="notice warning" role="alert">'
                 "<p><strong>Log in again to fix this.</strong> Twitch stopped accepting this "
                 "connection (the password was changed or the app was disconnected). Log in "
-                "again with the same Twitch account and this key, and every widget that "
-                "holds it, works again.</p>"
+                "again with the same Twitch account: this key, and every widget that holds "
+                "it, will work again.</p>"
                 f"{_relogin_form(config, list(status['scopes']))}</div>"
             )
         result = (
@@ -395,7 +397,7 @@ def status_page(request: web.Request, status: dict[str, Any] | None, *,
             f" (user id <code>{_e(status['user_id'])}</code>)</dd>"
             f"<dt>Permissions</dt><dd>{_scope_list(list(status['scopes']))}</dd>"
             f"<dt>State</dt><dd>{state_text}</dd>"
-            f"<dt>Access token expires</dt><dd>{_expiry(float(status['expires_in']), now)}</dd>"
+            f"<dt>Access token expires</dt><dd>{expiry}</dd>"
             f"<dt>Last refreshed</dt><dd>{_time(last_refresh) if last_refresh else 'not yet'}</dd>"
             f"<dt>Last checked with Twitch</dt>"
             f"<dd>{_time(last_validated) if last_validated else 'not yet'}</dd>"
