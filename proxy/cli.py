@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import admin
 from .app import create_app
 from .config import Config, ConfigError, env_table, load_config
 from .logs import setup_logging
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run against the built-in mock of Twitch (offline demo)")
     parser.add_argument("--mock-port", type=int, default=0,
                         help="port of the mock Twitch with --mock-twitch (default: any free)")
+    admin.add_subcommands(parser)
     return parser
 
 
@@ -134,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"redirect_uri {config.redirect_uri}")
         return 0
     setup_logging(config.log.level, config.log.format)
+    if args.command is not None:
+        return admin.run(args, config)
     try:
         _serve(config, mock_port)
     except (KeyboardInterrupt, asyncio.CancelledError):
