@@ -22,10 +22,11 @@ Lookups that decide a refresh (``load`` under the refresh lock, ``/refresh``'s
 
 :class:`SharedGets` makes identical concurrent ``GET`` requests (same grant,
 same URL, same ``Accept`` / ``Accept-Encoding``) share one upstream call: the
-first caller's request runs in its own task, its answer is read whole, and
-every caller gets a copy. With ``helix.cache`` a path's 200 answers are also
-kept for a few seconds per grant, bounded by Twitch's ``Cache-Control``
-(``no-store``/``no-cache`` are not kept; a lower ``max-age`` wins).
+first caller makes it, reads the answer whole, and every caller gets a copy
+(if the first caller is cancelled, a waiting one makes the call instead).
+With ``helix.cache`` a path's 200 answers are also kept for a few seconds per
+grant, bounded by Twitch's ``Cache-Control`` (``no-store``/``no-cache`` are not
+kept; a lower ``max-age`` wins).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from .app_keys import config_key, grant_cache_key, shared_gets_key
 from .crypto import Cipher
@@ -69,6 +70,9 @@ class CachedGrantStore(GrantStore):
     def __init__(self, store: TokenStore, cipher: Cipher, *, poll_interval: float) -> None:
         super().__init__(store, cipher)
         self.poll_interval = poll_interval
+        # By the key itself, not its hash: hashing is a measurable part of the
+        # hot path, and the key sits in this process's memory anyway (in the
+        # request). Only the store must never see it.
         self._keys: dict[str, KeyRecord] = {}
         self._grants: dict[str, Grant] = {}
         self._adopted: dict[str, str] = {}  # sha256(refresh token) -> grant id
@@ -80,15 +84,14 @@ class CachedGrantStore(GrantStore):
 
     async def grant_for_key(self, key: str) -> Grant | None:
         """The grant a proxy key opens, or None when unknown or revoked."""
-        digest = token_hash(key)
         epoch = self._epoch
-        record = self._keys.get(digest)
+        record = self._keys.get(key)
         if record is None:
             record = await super().key_record(key)
             if record is None:
                 return None
             if self._cacheable(epoch):
-                self._keys[digest] = record
+                self._keys[key] = record
         return await self.cached_grant(record.grant_id)
 
     async def cached_grant(self, grant_id: str) -> Grant | None:
@@ -243,12 +246,16 @@ def cache_ttl(configured: float, headers: Mapping[str, str]) -> float:
     return max(ttl, 0.0)
 
 
+class _LeaderGone(Exception):
+    """The caller making a shared call was cancelled; a follower takes over."""
+
+
 class SharedGets:
     """Single flight (and an optional TTL cache) for Helix GETs; see the module docstring."""
 
     def __init__(self, ttls: Mapping[str, float]) -> None:
         self._ttls = {path.rstrip("/") or "/": ttl for path, ttl in ttls.items() if ttl > 0}
-        self._flights: dict[Hashable, asyncio.Task[SharedAnswer]] = {}
+        self._flights: dict[Hashable, asyncio.Future[SharedAnswer]] = {}
         self._kept: dict[Hashable, tuple[float, SharedAnswer]] = {}
 
     async def fetch(self, key: Hashable, path: str,
@@ -263,23 +270,32 @@ class SharedGets:
             if kept[0] > time.monotonic():
                 return kept[1], True
             del self._kept[key]
-        task = self._flights.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._run(key, path, work))
-            self._flights[key] = task
-            task.add_done_callback(lambda _: self._flights.pop(key, None))
-        # shield: the first caller hanging up must not fail everyone sharing its call.
-        return await asyncio.shield(task), False
-
-    async def _run(self, key: Hashable, path: str,
-                   work: Callable[[], Awaitable[SharedAnswer]]) -> SharedAnswer:
-        answer = await work()
+        while (flight := self._flights.get(key)) is not None:
+            try:
+                # shield: a follower hanging up must not cancel the leader's call.
+                return await asyncio.shield(flight), False
+            except _LeaderGone:
+                continue  # the leader was cancelled: the next caller leads
+        # The first caller makes the call itself (no task per request: this is
+        # the hot path) and hands its answer, or its error, to the followers.
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        try:
+            answer = await work()
+        except BaseException as exc:
+            flight.set_exception(_LeaderGone() if isinstance(exc, asyncio.CancelledError)
+                                 else exc)
+            flight.exception()  # retrieved: no "never retrieved" warning without followers
+            raise
+        finally:
+            del self._flights[key]
+        flight.set_result(answer)
         configured = self._ttls.get(path)
         if configured and answer.status == 200:
             ttl = cache_ttl(configured, answer.headers)
             if ttl > 0:
                 self._keep(key, time.monotonic() + ttl, answer)
-        return answer
+        return answer, False
 
     def _keep(self, key: Hashable, expires: float, answer: SharedAnswer) -> None:
         if len(self._kept) >= MAX_CACHED_ANSWERS:
@@ -289,11 +305,6 @@ class SharedGets:
             while len(self._kept) >= MAX_CACHED_ANSWERS:
                 del self._kept[next(iter(self._kept))]
         self._kept[key] = (expires, answer)
-
-    @staticmethod
-    def copy_headers(answer: SharedAnswer) -> CIMultiDict[str]:
-        """A private copy of the answer's headers for one response."""
-        return CIMultiDict(answer.headers)
 
 
 # -- wiring ----------------------------------------------------------------------------

@@ -12,10 +12,11 @@ import secrets
 import pytest
 from aiohttp import web
 from cryptography.fernet import Fernet
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.app import create_app
 from proxy.app_keys import grant_cache_key, store_key
-from proxy.cache import GENERATION_KEY, cache_ttl
+from proxy.cache import GENERATION_KEY, SharedAnswer, SharedGets, cache_ttl
 from proxy.config import load_config
 from tests.helpers import login, proxy_config_flags
 
@@ -310,9 +311,62 @@ def test_helix_cache_config_from_text_and_file(tmp_path):
     base = {"twitch.client_id": "a", "twitch.client_secret": "b", "store.url": "memory://"}
     assert load_config(path=path, environ={}, flags=base).helix.cache == {"/streams": 10.0}
     flags = {**base, "helix.cache": "/streams=5,/users=1"}
-    config = load_config(path=tmp_path / "missing-is-fine.yaml" if False else path,
-                         environ={}, flags=flags)
+    config = load_config(path=path, environ={}, flags=flags)  # flags win over the file
     assert config.helix.cache == {"/streams": 5.0, "/users": 1.0}
     from proxy.config import ConfigError
     with pytest.raises(ConfigError, match="helix.cache"):
         load_config(path=path, environ={}, flags={**base, "helix.cache": "streams=-1"})
+
+
+# -- SharedGets edge cases a server cannot produce on demand ----------------------------------
+
+
+def _answer(body: bytes) -> SharedAnswer:
+    return SharedAnswer(200, CIMultiDictProxy(CIMultiDict()), body)
+
+
+async def test_cancelled_leader_hands_the_call_to_a_follower():
+    shared = SharedGets({})
+    started = asyncio.Event()
+    calls = []
+
+    async def hangs():
+        calls.append("leader")
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def answers():
+        calls.append("follower")
+        return _answer(b"ok")
+
+    leader = asyncio.ensure_future(shared.fetch("k", "/users", hangs))
+    await started.wait()
+    follower = asyncio.ensure_future(shared.fetch("k", "/users", answers))
+    await asyncio.sleep(0)
+    leader.cancel()
+    answer, from_cache = await follower
+    assert (answer.body, from_cache) == (b"ok", False)
+    assert calls == ["leader", "follower"]
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+
+
+async def test_leaders_error_reaches_every_follower_once():
+    shared = SharedGets({})
+    release = asyncio.Event()
+    calls = []
+
+    async def fails():
+        calls.append(1)
+        await release.wait()
+        raise RuntimeError("upstream broke")
+
+    waiting = [asyncio.ensure_future(shared.fetch("k", "/users", fails)) for _ in range(5)]
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert calls == [1]
+    # The flight is over: the next caller makes a new call.
+    answer, _ = await shared.fetch("k", "/users", lambda: asyncio.sleep(0, _answer(b"x")))
+    assert answer.body == b"x"
