@@ -25,7 +25,7 @@ import asyncio
 import logging
 import signal
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -65,7 +65,17 @@ def serve(config: Config, app: web.Application | Awaitable[web.Application] | No
         return
     if banner:
         print(banner, flush=True)
-    asyncio.run(_serve_in_process(config, app or create_app(config)))
+    with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
+        runner.run(_serve_in_process(config, app or create_app(config)))
+
+
+def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (a faster loop, same semantics)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve_in_process(config: Config,
@@ -121,7 +131,8 @@ def _serve_with_gunicorn(config: Config, *, banner: str | None) -> None:
     options = {
         "bind": f"{_bind_host(config.server.host)}:{config.server.port}",
         "workers": config.server.workers,
-        "worker_class": "aiohttp.GunicornWebWorker",
+        "worker_class": ("aiohttp.GunicornUVLoopWebWorker" if uvloop_factory()
+                         else "aiohttp.GunicornWebWorker"),
         "graceful_timeout": round(config.server.shutdown_grace / _WORKER_GRACE_SHARE + 0.5),
         # A worker blocked this long is stuck (the event loop heartbeats every second).
         "timeout": 60,
