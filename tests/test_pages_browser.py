@@ -333,6 +333,10 @@ async def test_connect_click_through_copy_buttons_and_csp(browser, proxy_url, pr
     assert not await key_element.is_visible()  # copying did not reveal it
     await page.get_by_text("Show proxy key").click()
     assert await key_element.is_visible()
+    await page.get_by_text("Hide proxy key").wait_for()
+    await page.set_viewport_size({"width": 390, "height": 800})
+    await screenshot(page, "callback-phone")
+    await page.set_viewport_size({"width": 900, "height": 800})
 
     # What was copied works: the key at /status, the token pair at /refresh.
     status = await proxy_client.get("/status",
@@ -349,7 +353,7 @@ async def test_connect_click_through_copy_buttons_and_csp(browser, proxy_url, pr
         await page.keyboard.press("Tab")
         focusable.append(await page.evaluate(
             "document.activeElement.textContent.trim().slice(0, 40)"))
-    for name in ("Show proxy key", "Copy proxy key", "Copy widget code", "Copy refresh token"):
+    for name in ("Hide proxy key", "Copy proxy key", "Show widget code", "Copy refresh token"):
         assert name in focusable, focusable
 
     # The snippet, pasted into a page on another origin, reaches Twitch through the proxy.

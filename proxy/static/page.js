@@ -33,9 +33,19 @@ async function copy(button) {
   }
 }
 
+// "Show proxy key" becomes "Hide proxy key" while its <details> is open.
+function relabel(details) {
+  const summary = details.querySelector(":scope > summary");
+  if (summary) summary.textContent = summary.textContent.replace(/^(Show|Hide)/,
+    details.open ? "Hide" : "Show");
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   for (const button of document.querySelectorAll("button.copy[data-copy]")) {
     button.hidden = false;
     button.addEventListener("click", () => copy(button));
+  }
+  for (const details of document.querySelectorAll("details")) {
+    details.addEventListener("toggle", () => relabel(details));
   }
 });
