@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from . import pages
+from .abuse import abuse_middleware, handler_args, setup_abuse
 from .app_keys import (
     app_token_key,
     config_key,
@@ -39,6 +40,7 @@ from .grants import GrantStore
 from .health import setup_health
 from .helix import setup_helix
 from .oauth import setup_oauth
+from .openapi import setup_openapi
 from .refresh import AppTokenProvider, Refresher
 from .status import setup_status
 from .store import open_store, sqlite_path
@@ -103,17 +105,20 @@ async def landing(request: web.Request) -> web.Response:
 
 def create_app(config: Config) -> web.Application:
     """Build the proxy application for ``config``; no I/O happens here."""
-    app = web.Application(middlewares=[error_middleware],
-                          client_max_size=max(config.helix.max_body, 64 * 1024))
+    app = web.Application(middlewares=[error_middleware, abuse_middleware],
+                          client_max_size=max(config.helix.max_body, 64 * 1024),
+                          handler_args=handler_args(config.limits))
     app[config_key] = config
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(store_ctx)
     setup_validator(app)
+    setup_abuse(app, config)
     app.router.add_get("/", landing, name="landing")
     setup_oauth(app)
     setup_health(app)
     setup_helix(app)
     setup_status(app)
+    setup_openapi(app)
     setup_cors(app, config.cors.allow_origins)
     static = resources.files("proxy").joinpath("static")
     app.router.add_static("/static", Path(str(static)), name="static")

@@ -37,6 +37,7 @@ __all__ = [
     "CorsConfig",
     "HelixConfig",
     "LogConfig",
+    "LimitsConfig",
     "MetricsConfig",
     "ServerConfig",
     "StoreConfig",
@@ -172,6 +173,44 @@ class HelixConfig:
         "Use an app access token for requests without Authorization.", default=False
     )
     max_body: int = _doc("Largest request body buffered for a retry (bytes).", default=1048576)
+    allow: tuple[str, ...] = _doc(
+        "Method and path patterns let through, e.g. 'GET /users' or '* /channels/*' "
+        "(empty: everything).",
+        default=(),
+    )
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Abuse limits (see proxy.abuse); a rate of 0 turns that limit off."""
+
+    login_per_minute: int = _doc(
+        "Requests to /login and to /callback per client address and minute (each).", default=30
+    )
+    refresh_per_minute: int = _doc(
+        "POST /refresh per client address and minute (also the burst).", default=120
+    )
+    invalid_keys_per_minute: int = _doc(
+        "Unknown proxy keys a client address may present per minute before 429.", default=10
+    )
+    concurrent_per_grant: int = _doc(
+        "Upstream requests one grant may have in flight at once (beyond: 429).", default=32
+    )
+    concurrent_total: int = _doc(
+        "Upstream requests the whole proxy may have in flight at once (beyond: 503).",
+        default=256,
+    )
+    concurrency_wait: float = _doc(
+        "Seconds a request waits for a free concurrency slot before being refused.",
+        default=5.0,
+    )
+    max_form_body: int = _doc(
+        "Largest body of POST /refresh, /status and /revoke (bytes).", default=16384
+    )
+    max_header_line: int = _doc(
+        "Longest request line or header field (bytes); longer ones are refused.", default=8190
+    )
+    max_headers: int = _doc("Most request header fields accepted.", default=128)
 
 
 @dataclass(frozen=True)
@@ -202,6 +241,7 @@ class Config:
     helix: HelixConfig = field(default_factory=HelixConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def redirect_uri(self) -> str:
@@ -477,6 +517,7 @@ def validate_other(config: Config) -> list[str]:
             problems.append(f"cors.allow_origins: {origin!r} is not *, null or an http(s) origin")
     if config.helix.max_body < 0:
         problems.append("helix.max_body must not be negative")
+    problems += validate_limits(config.limits, config.helix)
     if config.auth.state_ttl <= 0 or config.auth.replay_window < 0:
         problems.append("auth.state_ttl must be positive and auth.replay_window not negative")
     if config.auth.validate_interval <= 0:
@@ -484,6 +525,22 @@ def validate_other(config: Config) -> list[str]:
     if config.store.lock_lease <= config.twitch.timeout:
         problems.append("store.lock_lease must be longer than twitch.timeout, or a live "
                         "refresh could lose its lock")
+    return problems
+
+
+def validate_limits(limits: LimitsConfig, helix: HelixConfig) -> list[str]:
+    """Abuse limits non-negative and sized; helix.allow patterns well-formed."""
+    problems = []
+    for f in dataclasses.fields(limits):
+        if getattr(limits, f.name) < 0:
+            problems.append(f"limits.{f.name} must not be negative")
+    for name in ("concurrent_per_grant", "concurrent_total", "max_header_line", "max_headers"):
+        if getattr(limits, name) == 0:
+            problems.append(f"limits.{name} must be at least 1")
+    for pattern in helix.allow:
+        method, _, path = pattern.partition(" ")
+        if not (method == "*" or method.isalpha()) or not path.startswith("/"):
+            problems.append(f"helix.allow: {pattern!r} is not 'METHOD /path' (e.g. 'GET /users')")
     return problems
 
 

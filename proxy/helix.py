@@ -35,6 +35,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from .abuse import check_helix_allowed, hold_grant_slot
 from .app_keys import (
     app_token_key,
     config_key,
@@ -196,7 +197,9 @@ async def helix_proxy(request: web.Request) -> web.StreamResponse:
     path = request.rel_url.raw_path.removeprefix("/helix/")
     url = helix_url_for(config.twitch.helix_url.rstrip("/"), path,
                         request.rel_url.raw_query_string)
+    check_helix_allowed(request, path)  # helix.allow: 403 before any credential work
     credential = await resolve_credential(request)
+    await hold_grant_slot(request, credential)  # per-grant concurrency: 429 beyond it
     body = await _read_body(request) if request.can_read_body else b""
     session = app[http_session_key]
     retried_401 = retried_503 = False
@@ -302,4 +305,3 @@ def setup_helix(app: web.Application) -> None:
     """
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         app.router.add_route(method, "/helix/{path:.*}", helix_proxy)
-

@@ -196,3 +196,58 @@ def proxy_config(twitch_server, store_url, config_flags, tmp_path):
 async def proxy(aiohttp_client, proxy_config):
     """A client of a real proxy server pointed at the mock Twitch."""
     return await aiohttp_client(create_app(proxy_config))
+
+
+# ---------------------------------------------------------------------------
+# Reliability figures (issue 8): the fuzz, fault and abuse tests add to one
+# session-wide tally, printed at the end of the run by pytest_terminal_summary.
+# A figure only counts what a test actually observed: a fault scenario counts
+# once its assertions passed, a leak once a secret was found in a log line or
+# a response the test saw.
+# ---------------------------------------------------------------------------
+
+class Reliability:
+    """The session's tally; tests add through the ``reliability`` fixture."""
+
+    def __init__(self) -> None:
+        self.fuzz_cases = 0
+        self.fault_scenarios = 0
+        self.abuse_rejected = 0
+        self.tokens_lost = 0
+        self.tokens_leaked = 0
+        self.used = False
+
+    def leaks(self, secrets: list[str], *texts: str) -> list[str]:
+        """The secrets found in ``texts``; each one found is counted as leaked."""
+        self.used = True
+        found = [s for s in secrets if s and any(s in text for text in texts)]
+        self.tokens_leaked += len(found)
+        return found
+
+    def lines(self) -> list[str]:
+        return [
+            f"fuzz cases run: {self.fuzz_cases}",
+            f"fault scenarios survived: {self.fault_scenarios}",
+            f"abuse cases rejected: {self.abuse_rejected}",
+            f"tokens lost: {self.tokens_lost}",
+            f"tokens leaked: {self.tokens_leaked}",
+        ]
+
+
+_reliability_key = pytest.StashKey[Reliability]()
+
+
+@pytest.fixture(scope="session")
+def reliability(request) -> Reliability:
+    """The session's reliability tally (see the section comment)."""
+    tally = request.config.stash.setdefault(_reliability_key, Reliability())
+    tally.used = True
+    return tally
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    tally = config.stash.get(_reliability_key, None)
+    if tally is not None and tally.used:
+        terminalreporter.section("reliability")
+        for line in tally.lines():
+            terminalreporter.write_line(line)

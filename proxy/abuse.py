@@ -1,0 +1,394 @@
+"""Abuse limits: what keeps a public proxy from being flooded or used as a relay.
+
+- **Rate limits per client address** (token buckets): ``/login``, ``/callback``
+  and ``POST /refresh`` each have a bucket per address; presenting an unknown
+  proxy key spends from a bucket of its own, so guessing keys is slow. An empty
+  bucket answers 429 ``rate_limited`` with ``Retry-After``.
+- **Concurrency**: upstream work (``/helix/*``, ``/refresh``, ``/callback``) in
+  flight at once is capped in total (beyond: 503 ``overloaded``, because the
+  proxy is the one at its limit, not the caller) and per grant (beyond: 429
+  ``rate_limited``, because one widget is sending too much at once). A request
+  finding no free slot waits up to ``limits.concurrency_wait`` seconds for one.
+- **Sizes**: header lines and header count are capped by aiohttp's parser
+  (:func:`handler_args`), the bodies of the small form endpoints by
+  ``limits.max_form_body``; Helix bodies by ``helix.max_body``.
+- **Allowlist**: ``helix.allow`` (``"GET /users"``, ``"* /channels/*"``)
+  refuses other Helix calls with 403 before any credential is looked at.
+
+All state lives in one :class:`AbuseGuard` per app, under ``abuse_guard_key``;
+the middleware :func:`abuse_middleware` applies it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.message import Message
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .config import Config, LimitsConfig
+from .errors import (
+    Forbidden,
+    InvalidProxyKey,
+    InvalidRequest,
+    PayloadTooLarge,
+    ProxyError,
+    RateLimited,
+)
+from .grants import PROXY_KEY_PREFIX, token_hash
+
+if TYPE_CHECKING:
+    from .helix import Credential
+
+__all__ = [
+    "AbuseGuard",
+    "ConcurrencyLimit",
+    "Overloaded",
+    "RateLimiter",
+    "TokenBucket",
+    "abuse_guard_key",
+    "abuse_middleware",
+    "check_helix_allowed",
+    "handler_args",
+    "hold_grant_slot",
+    "setup_abuse",
+]
+
+#: Routes (by name) whose callers are rate limited per address, and the bucket.
+RATE_LIMITED_ROUTES = {"login": "login", "callback": "callback", "refresh": "refresh"}
+
+#: Routes whose bodies are small forms, capped by ``limits.max_form_body``.
+FORM_ROUTES = frozenset({"refresh", "status", "revoke"})
+
+#: Routes that call Twitch and so count against the total concurrency.
+UPSTREAM_ROUTES = frozenset({"refresh", "callback"})
+
+#: Buckets kept per limiter before idle (full) ones are dropped; bounds memory
+#: when many addresses pass by.
+MAX_TRACKED_ADDRESSES = 10_000
+
+#: The grant whose concurrency slot a request holds, released by the middleware.
+grant_slot_key = web.RequestKey("grant_slot_key", str)
+
+
+class Overloaded(ProxyError):
+    """The proxy has as many upstream requests in flight as it allows; retry shortly."""
+
+    status = 503
+    code = "overloaded"
+    retry_after = 1
+
+
+class TokenBucket:
+    """``capacity`` tokens, refilled at ``rate`` per second."""
+
+    __slots__ = ("capacity", "rate", "tokens", "stamp")
+
+    def __init__(self, capacity: float, rate: float, now: float) -> None:
+        self.capacity = capacity
+        self.rate = rate
+        self.tokens = capacity
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """Spend one token; 0 when there was one, else seconds until there is."""
+        self._refill(now)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is available, spending nothing."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+    def full(self, now: float) -> bool:
+        """True when the bucket is back to capacity (its owner has gone quiet)."""
+        self._refill(now)
+        return self.tokens >= self.capacity
+
+
+class RateLimiter:
+    """One token bucket per client address: ``per_minute`` a minute, burst ``per_minute``."""
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """A rate of 0 turns the limit off."""
+        return self.per_minute > 0
+
+    def _bucket(self, address: str, now: float) -> TokenBucket:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= MAX_TRACKED_ADDRESSES:
+                self._prune(now)
+            bucket = TokenBucket(self.per_minute, self.per_minute / 60.0, now)
+            self._buckets[address] = bucket
+        return bucket
+
+    def _prune(self, now: float) -> None:
+        for address in [a for a, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[address]
+        if len(self._buckets) >= MAX_TRACKED_ADDRESSES:
+            # Everybody is active: forget the oldest half rather than grow.
+            for address in list(self._buckets)[: MAX_TRACKED_ADDRESSES // 2]:
+                del self._buckets[address]
+
+    def take(self, address: str) -> float:
+        """Spend one request of ``address``; seconds to wait (0: allowed)."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        return self._bucket(address, now).take(now)
+
+    def wait(self, address: str) -> float:
+        """Seconds ``address`` must wait, spending nothing (0: allowed)."""
+        if not self.enabled or address not in self._buckets:
+            return 0.0
+        return self._buckets[address].wait(self._clock())
+
+
+@dataclass
+class _Slot:
+    semaphore: asyncio.Semaphore
+    users: int = 0  # holders and waiters; the slot is dropped at 0
+    held: int = 0
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` holders per name; a newcomer waits up to ``wait`` seconds.
+
+    One ``asyncio.Semaphore`` per name, created on first use and dropped when
+    nobody holds or waits for it, so idle grants cost nothing. A short wait
+    smooths a burst (twenty widget copies loading at once) instead of failing
+    it; a long one would only hold connections open, so beyond it: refused.
+    """
+
+    def __init__(self, limit: int, *, wait: float) -> None:
+        self.limit = limit
+        self.wait = wait
+        self._slots: dict[str, _Slot] = {}
+
+    def in_flight(self, name: str) -> int:
+        """How many holders ``name`` has now."""
+        slot = self._slots.get(name)
+        return 0 if slot is None else slot.held
+
+    async def acquire(self, name: str) -> bool:
+        """Take a slot for ``name``; False when none came free within ``wait``."""
+        slot = self._slots.get(name)
+        if slot is None:
+            slot = self._slots[name] = _Slot(asyncio.Semaphore(self.limit))
+        slot.users += 1
+        try:
+            if slot.semaphore.locked():
+                if self.wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(self.wait):
+                    await slot.semaphore.acquire()
+            else:
+                await slot.semaphore.acquire()
+        except TimeoutError:
+            self._drop(name, slot)
+            return False
+        except BaseException:
+            self._drop(name, slot)
+            raise
+        slot.held += 1
+        return True
+
+    def release(self, name: str) -> None:
+        """Give back a slot of ``name``."""
+        slot = self._slots[name]
+        slot.held -= 1
+        slot.semaphore.release()
+        self._drop(name, slot)
+
+    def _drop(self, name: str, slot: _Slot) -> None:
+        slot.users -= 1
+        if slot.users == 0:
+            del self._slots[name]
+
+
+class AbuseGuard:
+    """Every limit of one app (see the module docstring)."""
+
+    def __init__(self, limits: LimitsConfig, helix_allow: tuple[str, ...] = (), *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self.rates = {
+            "login": RateLimiter(limits.login_per_minute, clock=clock),
+            "callback": RateLimiter(limits.login_per_minute, clock=clock),
+            "refresh": RateLimiter(limits.refresh_per_minute, clock=clock),
+        }
+        self.invalid_keys = RateLimiter(limits.invalid_keys_per_minute, clock=clock)
+        self.total = ConcurrencyLimit(limits.concurrent_total, wait=limits.concurrency_wait)
+        self.per_grant = ConcurrencyLimit(limits.concurrent_per_grant,
+                                          wait=limits.concurrency_wait)
+        self.helix_allow = tuple(_parse_pattern(p) for p in helix_allow)
+
+    def helix_allowed(self, method: str, path: str) -> bool:
+        """Whether ``METHOD /path`` (path after ``/helix``) passes ``helix.allow``."""
+        if not self.helix_allow:
+            return True
+        return any((m == "*" or m == method.upper()) and fnmatch.fnmatchcase(path, p)
+                   for m, p in self.helix_allow)
+
+    @asynccontextmanager
+    async def upstream_slot(self) -> AsyncIterator[None]:
+        """One slot of the total concurrency, or :class:`Overloaded`."""
+        if not await self.total.acquire(""):
+            raise Overloaded("The proxy is at its limit of requests to Twitch; retry shortly.")
+        try:
+            yield
+        finally:
+            self.total.release("")
+
+
+abuse_guard_key = web.AppKey("abuse_guard_key", AbuseGuard)
+
+
+def _parse_pattern(pattern: str) -> tuple[str, str]:
+    method, _, path = pattern.partition(" ")
+    return method.upper(), path.strip()
+
+
+def client_address(request: web.Request) -> str:
+    """The address limits are counted against.
+
+    ``request.remote`` is the peer (or what aiohttp's forwarded handling made
+    of it); an unknown peer shares one bucket rather than escaping the limit.
+    """
+    return request.remote or "unknown"
+
+
+def handler_args(limits: LimitsConfig) -> dict[str, Any]:
+    """aiohttp server options that cap request line, header size and count.
+
+    Passed as ``web.Application(handler_args=...)`` so every runner that serves
+    the app (``run_app``, a test server, a worker) applies them.
+    """
+    return {
+        "max_line_size": limits.max_header_line,
+        "max_field_size": limits.max_header_line,
+        "max_headers": limits.max_headers,
+    }
+
+
+def _retry_after(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def _route_name(request: web.Request) -> str | None:
+    """``login``, ``refresh``, ``helix``...: the route's path, without slashes or variables."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    return resource.canonical.strip("/").split("/", 1)[0] or None
+
+
+def _presents_proxy_key(request: web.Request) -> bool:
+    _, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip().startswith(PROXY_KEY_PREFIX) or (
+        request.path == "/status" and request.method == "POST")
+
+
+def _check_form_body(request: web.Request, limit: int) -> None:
+    """Refuse a form body that is too large or cannot be parsed, before it is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    if request.content_type.startswith("multipart/"):
+        header = Message()
+        header["Content-Type"] = request.headers.get("Content-Type", "")
+        if not header.get_param("boundary"):
+            # aiohttp's form parser would fail with a bare ValueError (a 500).
+            raise InvalidRequest("A multipart body needs a boundary in its Content-Type.")
+
+
+@web.middleware
+async def abuse_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Apply rate, size and concurrency limits before the handler runs."""
+    guard = request.app[abuse_guard_key]
+    route = _route_name(request)
+    address = client_address(request)
+
+    bucket = RATE_LIMITED_ROUTES.get(route or "")
+    if bucket is not None:
+        wait = guard.rates[bucket].take(address)
+        if wait:
+            raise RateLimited("Too many requests from your address; slow down.",
+                              retry_after=_retry_after(wait))
+    if _presents_proxy_key(request):
+        wait = guard.invalid_keys.wait(address)
+        if wait:
+            raise RateLimited("Too many unknown proxy keys from your address.",
+                              retry_after=_retry_after(wait))
+    if route in FORM_ROUTES and request.method == "POST":
+        _check_form_body(request, guard.limits.max_form_body)
+
+    try:
+        if route == "helix" or route in UPSTREAM_ROUTES:
+            async with guard.upstream_slot():
+                response = await handler(request)
+        else:
+            response = await handler(request)
+    except InvalidProxyKey:
+        guard.invalid_keys.take(address)
+        raise
+    finally:
+        slot = request.get(grant_slot_key)
+        if slot is not None:
+            guard.per_grant.release(slot)
+    if response.status == 401 and route == "status" and request.method == "POST":
+        guard.invalid_keys.take(address)  # the status page shows the refusal itself
+    return response
+
+
+async def hold_grant_slot(request: web.Request, credential: Credential) -> None:
+    """Count this request against its grant's concurrency; 429 beyond the limit.
+
+    A bare Twitch token (passed through) counts as a grant of its own. The
+    slot is released by :func:`abuse_middleware` when the response is done.
+    """
+    guard = request.app[abuse_guard_key]
+    if request.get(grant_slot_key) is not None:
+        return
+    if credential.grant is not None:
+        grant_name = credential.grant.grant_id
+    elif credential.mode == "app":
+        grant_name = "app"
+    else:
+        grant_name = "token:" + token_hash(credential.access_token)
+    if not await guard.per_grant.acquire(grant_name):
+        raise RateLimited("Too many requests in flight for this grant.", retry_after=1)
+    request[grant_slot_key] = grant_name
+
+
+def check_helix_allowed(request: web.Request, path: str) -> None:
+    """403 unless ``helix.allow`` lets ``request.method /path`` through."""
+    if not request.app[abuse_guard_key].helix_allowed(request.method, "/" + path):
+        raise Forbidden("This proxy does not forward that Helix call.",
+                        method=request.method, path="/helix/" + path)
+
+
+def setup_abuse(app: web.Application, config: Config) -> None:
+    """Create the app's :class:`AbuseGuard` (the middleware is added by create_app)."""
+    app[abuse_guard_key] = AbuseGuard(config.limits, config.helix.allow)
+
