@@ -10,6 +10,10 @@ Routes, by module:
 - ``/login``, ``/callback``, ``POST /refresh`` -> :mod:`proxy.oauth`
 - ``/helix/*``                                  -> :mod:`proxy.helix`
 - ``/healthz``, ``/readyz``                     -> :mod:`proxy.health`
+- ``/metrics``                                  -> :mod:`proxy.metrics`
+
+Every request passes :func:`proxy.requestlog.request_middleware` first (request
+id, the router's view of the client, one log line, metrics).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .app_keys import (
     config_key,
     grants_key,
     http_session_key,
+    metrics_key,
     refresher_key,
     store_key,
     twitch_key,
@@ -39,9 +44,11 @@ from .errors import error_middleware
 from .grants import GrantStore
 from .health import setup_health
 from .helix import setup_helix
+from .metrics import setup_metrics
 from .oauth import setup_oauth
 from .openapi import setup_openapi
 from .refresh import AppTokenProvider, Refresher
+from .requestlog import request_middleware, setup_request_log
 from .status import setup_status
 from .store import open_store, sqlite_path
 from .twitch import TwitchClient
@@ -73,6 +80,7 @@ async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
         # for identity encoding because it parses its answers.
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=config.twitch.timeout),
+        trace_configs=[app[metrics_key].trace_config(config.twitch)],
     )
     app[http_session_key] = session
     yield
@@ -90,6 +98,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[twitch_key] = twitch
     app[refresher_key] = Refresher(
         grants, twitch, replay_window=config.auth.replay_window,
+        on_outcome=app[metrics_key].refresh_outcome,
         login_url=f"{config.server.public_url}/login", lock_lease=config.store.lock_lease,
     )
     app[app_token_key] = AppTokenProvider(twitch)
@@ -105,7 +114,7 @@ async def landing(request: web.Request) -> web.Response:
 
 def create_app(config: Config) -> web.Application:
     """Build the proxy application for ``config``; no I/O happens here."""
-    app = web.Application(middlewares=[error_middleware, abuse_middleware],
+    app = web.Application(middlewares=[request_middleware, error_middleware, abuse_middleware],
                           client_max_size=max(config.helix.max_body, 64 * 1024),
                           handler_args=handler_args(config.limits))
     app[config_key] = config
@@ -113,6 +122,8 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(store_ctx)
     setup_validator(app)
     setup_abuse(app, config)
+    setup_metrics(app)
+    setup_request_log(app)
     app.router.add_get("/", landing, name="landing")
     setup_oauth(app)
     setup_health(app)

@@ -10,6 +10,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .config import Config
     from .grants import GrantStore
+    from .metrics import Metrics
     from .refresh import AppTokenProvider, Refresher
     from .store.base import TokenStore
     from .twitch import TwitchClient
@@ -20,6 +21,7 @@ __all__ = [
     "config_key",
     "grants_key",
     "http_session_key",
+    "metrics_key",
     "refresher_key",
     "store_key",
     "twitch_key",
@@ -33,4 +35,5 @@ grants_key: web.AppKey[GrantStore] = web.AppKey("grants_key")
 twitch_key: web.AppKey[TwitchClient] = web.AppKey("twitch_key")
 refresher_key: web.AppKey[Refresher] = web.AppKey("refresher_key")
 app_token_key: web.AppKey[AppTokenProvider] = web.AppKey("app_token_key")
+metrics_key: web.AppKey[Metrics] = web.AppKey("metrics_key")
 validator_key: web.AppKey[Validator] = web.AppKey("validator_key")

@@ -20,7 +20,7 @@ from aiohttp import web
 from . import admin
 from .app import create_app
 from .config import Config, ConfigError, env_table, load_config
-from .logs import setup_logging
+from .logs import config_secrets, setup_logging
 from .server import serve
 
 __all__ = ["build_parser", "main"]
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"listening on {config.server.host}:{config.server.port}, "
               f"redirect_uri {config.redirect_uri}")
         return 0
-    setup_logging(config.log.level, config.log.format)
+    setup_logging(config.log.level, config.log.format, secrets=config_secrets(config))
     if args.command is not None:
         return admin.run(args, config)
     try:

@@ -42,6 +42,7 @@ __all__ = [
     "ServerConfig",
     "StoreConfig",
     "TwitchConfig",
+    "default_public_url",
     "env_table",
     "load_config",
 ]
@@ -414,14 +415,19 @@ def _fill_derived(config: Config) -> Config:
     """Defaults that depend on other values (public_url, allowed_scopes)."""
     server = config.server
     if not server.public_url:
-        scheme = "https" if server.tls_cert else "http"
-        server = dataclasses.replace(server, public_url=f"{scheme}://localhost:{server.port}")
+        server = dataclasses.replace(server, public_url=default_public_url(server))
     else:
         server = dataclasses.replace(server, public_url=server.public_url.rstrip("/"))
     twitch = config.twitch
     if not twitch.allowed_scopes:
         twitch = dataclasses.replace(twitch, allowed_scopes=twitch.scopes)
     return dataclasses.replace(config, server=server, twitch=twitch)
+
+
+def default_public_url(server: ServerConfig) -> str:
+    """The public URL when PUBLIC_URL is not set: ``http(s)://localhost:PORT``."""
+    scheme = "https" if server.tls_cert else "http"
+    return f"{scheme}://localhost:{server.port}"
 
 
 # --- validation: one function per area, each returning its problems --------

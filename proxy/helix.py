@@ -46,6 +46,7 @@ from .app_keys import (
 )
 from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge
 from .grants import PROXY_KEY_PREFIX, Grant
+from .requestlog import note_grant
 from .twitch import upstream_errors
 
 __all__ = ["Credential", "classify_401", "helix_url_for", "resolve_credential", "setup_helix"]
@@ -199,6 +200,8 @@ async def helix_proxy(request: web.Request) -> web.StreamResponse:
                         request.rel_url.raw_query_string)
     check_helix_allowed(request, path)  # helix.allow: 403 before any credential work
     credential = await resolve_credential(request)
+    note_grant(credential.grant.grant_id if credential.grant else None,
+               bucket="app" if credential.mode == "app" else None)  # request log, metrics
     await hold_grant_slot(request, credential)  # per-grant concurrency: 429 beyond it
     body = await _read_body(request) if request.can_read_body else b""
     session = app[http_session_key]

@@ -14,8 +14,19 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TextIO
 
-__all__ = ["JsonFormatter", "RedactingFilter", "redact", "setup_logging"]
+from .crypto import parse_keys
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["JsonFormatter", "RedactingFilter", "config_secrets", "make_handler", "redact",
+           "setup_logging"]
+
+#: Shorter configured "secrets" are not masked: masking "abc" everywhere helps nobody.
+_MIN_SECRET_LENGTH = 8
 
 _PATTERNS = [
     re.compile(r"tpk_[A-Za-z0-9_\-]+"),
@@ -33,14 +44,34 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks credentials in a record's message and exception text."""
+    """Masks credentials in a record's message, structured fields and exception text.
+
+    ``secrets`` are values known at start-up (the client secret, encryption
+    keys, the metrics token): masked wherever they appear, whatever their shape.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LENGTH},
+                               key=len, reverse=True)
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return redact(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        record.msg = self._redact(record.getMessage())
         record.args = None
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            record.fields = {key: self._redact(value) if isinstance(value, str) else value
+                             for key, value in fields.items()}
         if record.exc_info:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = self._redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
         return True
 
 
@@ -61,14 +92,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def setup_logging(level: str, fmt: str) -> None:
-    """Configure the root logger once for the process."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter())
+def make_handler(fmt: str, stream: TextIO, *, secrets: Iterable[str] = ()) -> logging.Handler:
+    """A handler writing ``text`` or ``json`` lines to ``stream``, redacting first."""
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter(secrets))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+def config_secrets(config: Config) -> list[str]:
+    """The secrets a configuration holds, for :class:`RedactingFilter`."""
+    values = [config.twitch.client_secret.reveal(), config.metrics.token.reveal(),
+              config.store.encryption_key.reveal()]
+    for part in config.store.encryption_key.reveal().split(","):
+        values.append(part.strip())
+    if config.store.encryption_key:
+        values += [key.reveal() for key in parse_keys(config.store.encryption_key)]
+    return [value for value in values if value]
+
+
+def setup_logging(level: str, fmt: str, *, secrets: Iterable[str] = ()) -> None:
+    """Configure the root logger once for the process (stderr, text or JSON)."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [make_handler(fmt, sys.stderr, secrets=secrets)]
     root.setLevel(level.upper())

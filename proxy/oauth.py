@@ -28,8 +28,10 @@ from .errors import (
     ProxyError,
     UpstreamBadResponse,
 )
+from .forwarded import is_https, redirect_uri_for
 from .grants import ACTIVE, Grant, token_hash
 from .refresh import new_grant_id
+from .requestlog import note_grant
 
 __all__ = ["STATE_COOKIE", "setup_oauth", "wants_json"]
 
@@ -42,10 +44,6 @@ def wants_json(request: web.Request) -> bool:
     """True when the caller prefers JSON to an HTML page."""
     accept = request.headers.get("Accept", "")
     return "application/json" in accept and "text/html" not in accept
-
-
-def _is_https(request: web.Request) -> bool:
-    return request.app[config_key].server.public_url.startswith("https://")
 
 
 async def login(request: web.Request) -> web.Response:
@@ -66,7 +64,7 @@ async def login(request: web.Request) -> web.Response:
     query = {
         "response_type": "code",
         "client_id": config.twitch.client_id,
-        "redirect_uri": config.redirect_uri,
+        "redirect_uri": redirect_uri_for(request),
         "scope": " ".join(scopes),
         "state": state,
     }
@@ -76,7 +74,7 @@ async def login(request: web.Request) -> web.Response:
     response = web.Response(status=302, headers={"Location": str(target)})
     response.set_cookie(
         STATE_COOKIE, browser_nonce, max_age=int(config.auth.state_ttl), path="/callback",
-        httponly=True, samesite="Lax", secure=_is_https(request),
+        httponly=True, samesite="Lax", secure=is_https(request),
     )
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -130,7 +128,7 @@ async def _finish_login(request: web.Request) -> dict[str, Any]:
     if not code or len(code) > MAX_TOKEN_LENGTH:
         raise InvalidRequest("Twitch's answer has no authorization code.")
 
-    tokens = await twitch.exchange_code(code, config.redirect_uri)
+    tokens = await twitch.exchange_code(code, redirect_uri_for(request))
     identity = await twitch.validate(tokens.access_token)
     if identity is None or identity.user_id is None:
         raise UpstreamBadResponse("Twitch did not confirm the new token.")
@@ -155,6 +153,7 @@ async def _finish_login(request: web.Request) -> dict[str, Any]:
         grant = Grant(grant_id=new_grant_id(), created_at=now, updated_at=now, **changes)
         await grants.create(grant)
     key, _ = await grants.create_key(grant.grant_id)
+    note_grant(grant.grant_id)
     return {
         "proxy_key": key,
         "access_token": grant.access_token,
@@ -191,6 +190,7 @@ async def refresh(request: web.Request) -> web.Response:
     """``POST /refresh``: the old tool's call, answered with Twitch's token JSON."""
     token = await _refresh_token_from_body(request)
     grant = await request.app[refresher_key].exchange(token)
+    note_grant(grant.grant_id)
     return web.json_response(grant.token_response(), headers={"Cache-Control": "no-store"})
 
 

@@ -54,6 +54,17 @@ class RefreshOutcome:
     TRANSIENT_FAILURE = "transient_failure"
 
 
+def _log_outcome(outcome: str, grant_id: str | None, **details: str | int) -> None:
+    """One line per refresh, ``refresh outcome=... grant=...``; structured in JSON logs."""
+    fields: dict[str, str | int | None] = {"event": "refresh", "outcome": outcome,
+                                           "grant_id": grant_id, **details}
+    text = " ".join(f"{key}={value}" for key, value in fields.items()
+                    if key not in ("event", "note") and value is not None)
+    note = f" ({details['note']})" if "note" in details else ""
+    level = logging.INFO if outcome == RefreshOutcome.SUCCESS else logging.WARNING
+    log.log(level, "refresh %s%s", text, note, extra={"fields": fields})
+
+
 def new_grant_id() -> str:
     """A fresh, public, non-secret grant id."""
     return "g_" + secrets.token_hex(8)
@@ -201,7 +212,7 @@ class Refresher:
         )
         await self._grants.create(grant)
         await self._remember_rotated(refresh_token, grant.grant_id)
-        log.info("refresh outcome=success grant=%s (new grant from /refresh)", grant.grant_id)
+        _log_outcome(RefreshOutcome.SUCCESS, grant.grant_id, note="new grant from /refresh")
         return grant
 
     async def _adopt_pair_locked(self, access_token: str, refresh_token: str) -> Grant:
@@ -243,16 +254,18 @@ class Refresher:
             if exc.permanent and grant_id is not None:
                 self._on_outcome(RefreshOutcome.PERMANENT_FAILURE)
                 await self._grants.update(grant_id, state=NEEDS_REAUTH)
-                log.warning("refresh outcome=permanent_failure grant=%s: grant needs "
-                            "re-authorization", grant_id)
+                _log_outcome(RefreshOutcome.PERMANENT_FAILURE, grant_id, status=exc.status,
+                             note="grant needs re-authorization")
                 raise self._reauth() from None
             self._on_outcome(RefreshOutcome.PERMANENT_FAILURE if exc.permanent
                              else RefreshOutcome.TRANSIENT_FAILURE)
-            log.warning("refresh outcome=refused grant=%s status=%d", grant_id, exc.status)
+            _log_outcome(RefreshOutcome.PERMANENT_FAILURE if exc.permanent
+                         else RefreshOutcome.TRANSIENT_FAILURE, grant_id, status=exc.status,
+                         note="refused by Twitch")
             raise
         except UpstreamError as exc:
             self._on_outcome(RefreshOutcome.TRANSIENT_FAILURE)
-            log.warning("refresh outcome=transient_failure grant=%s error=%s", grant_id, exc.code)
+            _log_outcome(RefreshOutcome.TRANSIENT_FAILURE, grant_id, error=exc.code)
             raise
 
     async def _store_rotation(self, loaded: LoadedGrant, tokens: TokenSet) -> Grant:
@@ -282,7 +295,7 @@ class Refresher:
         if ref is None or ref.kind != "adopted":
             await self._remember_rotated(old.refresh_token, old.grant_id)
         self._on_outcome(RefreshOutcome.SUCCESS)
-        log.info("refresh outcome=success grant=%s", old.grant_id)
+        _log_outcome(RefreshOutcome.SUCCESS, old.grant_id)
         return new
 
 

@@ -36,12 +36,19 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
-from .app_keys import config_key, grants_key, refresher_key, twitch_key, validator_key
+from .app_keys import (
+    config_key,
+    grants_key,
+    metrics_key,
+    refresher_key,
+    twitch_key,
+    validator_key,
+)
 from .crypto import DecryptionFailed
 from .errors import ReauthorizationRequired, TwitchRefused, UpstreamError
 from .grants import ACTIVE, Grant, GrantStore
@@ -84,12 +91,14 @@ class Validator:
     """Validates every active grant once per ``interval`` across all processes."""
 
     def __init__(self, grants: GrantStore, twitch: TwitchClient, refresher: Refresher, *,
-                 interval: float) -> None:
+                 interval: float, on_outcome: Callable[[str], None] | None = None) -> None:
         if interval <= 0:
             raise ValueError("the validation interval must be positive")
         self._grants = grants
         self._twitch = twitch
         self._refresher = refresher
+        #: Told every outcome but SKIPPED (the metrics count validations by outcome).
+        self._on_outcome = on_outcome or (lambda outcome: None)
         self.interval = interval
         self.sweep_period = min(interval, MAX_SWEEP_PERIOD)
         # Written into this process's claims, so only we give them back.
@@ -149,6 +158,9 @@ class Validator:
                 return await self.validate_grant(grant_id)
 
         outcomes = await asyncio.gather(*(bounded(grant_id) for grant_id in grant_ids))
+        for outcome in outcomes:
+            if outcome != ValidationOutcome.SKIPPED:
+                self._on_outcome(outcome)
         self.last_outcomes = dict(zip(grant_ids, outcomes, strict=True))
         self.completed_sweeps += 1
         return self.last_outcomes
@@ -226,7 +238,8 @@ class Validator:
 async def validator_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start validating when the app starts; stop at shutdown."""
     validator = Validator(app[grants_key], app[twitch_key], app[refresher_key],
-                          interval=app[config_key].auth.validate_interval)
+                          interval=app[config_key].auth.validate_interval,
+                          on_outcome=app[metrics_key].validation_outcome)
     app[validator_key] = validator
     await validator.start()
     yield

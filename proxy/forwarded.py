@@ -1,0 +1,82 @@
+"""What the platform's router says about a request: ``X-Forwarded-*``.
+
+On Heroku-style platforms every request arrives through a router that
+terminates TLS and adds ``X-Forwarded-Proto`` / ``-For`` (and some add
+``-Host``). Those headers are only believed with ``server.trust_forwarded``
+(``FORWARDED_ALLOW=1``): without a router in front anyone can send them.
+
+When a list is given (``X-Forwarded-For: spoofed, real``), the *last* entry is
+used: it is the one the router in front of us appended; the ones before it came
+from the client and prove nothing.
+
+Call :func:`client_address` for the address of the client (logs, rate limits),
+:func:`public_url_for` for the proxy's public base URL (the OAuth
+redirect_uri), and :func:`is_https` to decide on secure cookies.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from .app_keys import config_key
+from .config import default_public_url
+
+__all__ = ["client_address", "forwarded_scheme", "is_https", "public_url_for", "redirect_uri_for"]
+
+#: A host (name, IPv4 or [IPv6]) with an optional port; anything else in
+#: X-Forwarded-Host is ignored rather than put into a redirect_uri.
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+                   r"(?::[0-9]{1,5})?")
+
+
+def _last(request: web.Request, header: str) -> str:
+    """The last comma-separated value of ``header``, if trusted and present."""
+    if not request.app[config_key].server.trust_forwarded:
+        return ""
+    values = ",".join(request.headers.getall(header, []))
+    return values.rsplit(",", 1)[-1].strip()
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address: the router's ``X-Forwarded-For`` when trusted, else the peer."""
+    forwarded = _last(request, "X-Forwarded-For")
+    if forwarded and len(forwarded) <= 64:
+        return forwarded
+    return request.remote or ""
+
+
+def forwarded_scheme(request: web.Request) -> str:
+    proto = _last(request, "X-Forwarded-Proto").lower()
+    if proto in ("http", "https"):
+        return proto
+    return request.scheme
+
+
+def is_https(request: web.Request) -> bool:
+    """Whether the browser reached us over https (cookies get ``Secure`` then)."""
+    return forwarded_scheme(request) == "https" or public_url_for(request).startswith("https://")
+
+
+def public_url_for(request: web.Request) -> str:
+    """The proxy's public base URL, as the browser sees it.
+
+    ``PUBLIC_URL``, when set, always wins. Otherwise, with a trusted router,
+    the forwarded scheme and host (``X-Forwarded-Host``, else ``Host``) make it,
+    so a platform deploy works before PUBLIC_URL is set; without one, it is the
+    configured default (``http://localhost:PORT``).
+    """
+    config = request.app[config_key]
+    if not config.server.trust_forwarded or \
+            config.server.public_url != default_public_url(config.server):
+        return config.server.public_url
+    host = _last(request, "X-Forwarded-Host") or request.headers.get("Host", "")
+    if not _HOST.fullmatch(host):
+        return config.server.public_url
+    return f"{forwarded_scheme(request)}://{host}"
+
+
+def redirect_uri_for(request: web.Request) -> str:
+    """The OAuth redirect_uri for this request: :func:`public_url_for` + ``/callback``."""
+    return f"{public_url_for(request)}/callback"

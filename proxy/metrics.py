@@ -1,0 +1,191 @@
+"""``GET /metrics``: Prometheus text exposition of what the proxy is doing.
+
+Every metric lives in one :class:`Metrics` object per app, with its own
+``CollectorRegistry`` (no module-level registry: two apps in one process, as in
+the tests, never mix their numbers). Metrics, all prefixed ``twitch_proxy_``:
+
+- ``requests_total{route,method,status}``: requests answered, by route template.
+- ``request_duration_seconds{route}``: time to answer, histogram.
+- ``upstream_request_duration_seconds{endpoint}``: time until Twitch's answer
+  headers, histogram; ``endpoint`` is ``helix``, ``token``, ``validate``,
+  ``revoke`` or ``other``; ``upstream_responses_total{endpoint,status}`` counts
+  the answers (``status="error"`` for no answer).
+- ``refreshes_total{outcome}``: success, coalesced, permanent_failure,
+  transient_failure (fed by :class:`proxy.refresh.Refresher`'s ``on_outcome``).
+- ``validations_total{outcome}``: valid, refreshed, needs_reauth, unavailable,
+  refresh_failed (fed by :class:`proxy.validator.Validator`'s ``on_outcome``;
+  grants another process validated are not counted).
+- ``grants{state}``: grants in the store by state, counted at scrape time.
+- ``helix_ratelimit_remaining{bucket}``: Twitch's ``Ratelimit-Remaining`` last
+  seen per bucket; the bucket is the grant id (never a login or a token),
+  ``app`` for the app token.
+
+With several worker processes each keeps its own counters and a scrape sees
+the worker that answered it; ``grants`` comes from the shared store and is the
+same everywhere.
+
+``METRICS_TOKEN`` (``metrics.token``), when set, must come as
+``Authorization: Bearer <token>``; otherwise the answer is 401 JSON.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter as Tally
+from types import SimpleNamespace
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from .app_keys import config_key, grants_key, metrics_key
+from .config import TwitchConfig
+from .errors import json_error
+from .grants import ACTIVE, NEEDS_REAUTH
+from .refresh import RefreshOutcome
+from .requestlog import current_request
+from .validator import ValidationOutcome
+
+__all__ = ["Metrics", "setup_metrics"]
+
+_PREFIX = "twitch_proxy_"
+
+#: The classic text format every Prometheus version reads. Our metric names are
+#: plain ASCII, for which newer prometheus-client's 1.0.0 output is identical.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Seconds; Twitch answers in tens of milliseconds, its slow path in seconds.
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The app's metrics and the hooks that feed them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(f"{_PREFIX}requests", "Requests answered.",
+                                ["route", "method", "status"], registry=r)
+        self.request_duration = Histogram(f"{_PREFIX}request_duration_seconds",
+                                          "Time to answer a request.", ["route"],
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_duration = Histogram(
+            f"{_PREFIX}upstream_request_duration_seconds",
+            "Time until Twitch's answer headers arrived.", ["endpoint"],
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_responses = Counter(f"{_PREFIX}upstream_responses",
+                                          "Answers from Twitch by endpoint and status.",
+                                          ["endpoint", "status"], registry=r)
+        self.refreshes = Counter(f"{_PREFIX}refreshes", "Refreshes by outcome.",
+                                 ["outcome"], registry=r)
+        self.validations = Counter(f"{_PREFIX}validations", "Token validations by outcome.",
+                                   ["outcome"], registry=r)
+        self.grants = Gauge(f"{_PREFIX}grants", "Grants in the store by state.",
+                            ["state"], registry=r)
+        self.ratelimit_remaining = Gauge(
+            f"{_PREFIX}helix_ratelimit_remaining",
+            "Twitch's Ratelimit-Remaining last seen, per rate-limit bucket (grant id).",
+            ["bucket"], registry=r)
+        # Every outcome shows from the start, at 0, so rates work from the first scrape.
+        for outcome in (RefreshOutcome.SUCCESS, RefreshOutcome.COALESCED,
+                        RefreshOutcome.PERMANENT_FAILURE, RefreshOutcome.TRANSIENT_FAILURE):
+            self.refreshes.labels(outcome)
+        for outcome in (ValidationOutcome.VALID, ValidationOutcome.REFRESHED,
+                        ValidationOutcome.NEEDS_REAUTH, ValidationOutcome.UNAVAILABLE,
+                        ValidationOutcome.REFRESH_FAILED):
+            self.validations.labels(outcome)
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def refresh_outcome(self, outcome: str) -> None:
+        """Count one refresh outcome (``Refresher(on_outcome=...)``)."""
+        self.refreshes.labels(outcome).inc()
+
+    def validation_outcome(self, outcome: str) -> None:
+        """Count one validation outcome (``Validator(on_outcome=...)``)."""
+        self.validations.labels(outcome).inc()
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request (called by :mod:`proxy.requestlog`)."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_duration.labels(route).observe(seconds)
+
+    def trace_config(self, twitch: TwitchConfig) -> aiohttp.TraceConfig:
+        """A client trace for the app's ClientSession: upstream latency and rate limits.
+
+        It also puts Twitch's status into the current request's log record.
+        """
+        helix_base = twitch.helix_url.rstrip("/") + "/"
+
+        def endpoint_of(url: str) -> str:
+            if url.startswith(helix_base):
+                return "helix"
+            for name in ("token", "validate", "revoke"):
+                if url.split("?", 1)[0].endswith(f"/oauth2/{name}"):
+                    return name
+            return "other"
+
+        async def on_start(_: aiohttp.ClientSession, ctx: SimpleNamespace,
+                           params: aiohttp.TraceRequestStartParams) -> None:
+            ctx.started = time.monotonic()
+
+        async def on_end(_: aiohttp.ClientSession, ctx: SimpleNamespace,
+                         params: aiohttp.TraceRequestEndParams) -> None:
+            endpoint = endpoint_of(str(params.url))
+            self.upstream_duration.labels(endpoint).observe(time.monotonic() - ctx.started)
+            self.upstream_responses.labels(endpoint, str(params.response.status)).inc()
+            record = current_request()
+            if record is not None:
+                record.upstream_status = params.response.status
+            remaining = params.response.headers.get("Ratelimit-Remaining", "")
+            bucket = record.ratelimit_bucket if record is not None else None
+            if endpoint == "helix" and bucket and remaining.isdigit():
+                self.ratelimit_remaining.labels(bucket).set(int(remaining))
+
+        async def on_error(_: aiohttp.ClientSession, ctx: SimpleNamespace,
+                           params: aiohttp.TraceRequestExceptionParams) -> None:
+            endpoint = endpoint_of(str(params.url))
+            self.upstream_duration.labels(endpoint).observe(time.monotonic() - ctx.started)
+            self.upstream_responses.labels(endpoint, "error").inc()
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(on_start)
+        trace.on_request_end.append(on_end)
+        trace.on_request_exception.append(on_error)
+        return trace
+
+    async def count_grants(self, request: web.Request) -> None:
+        """Set ``grants{state}`` from the store (at scrape time)."""
+        grants = request.app[grants_key]
+        tally: Tally[str] = Tally({ACTIVE: 0, NEEDS_REAUTH: 0})
+        for grant_id in await grants.all_ids():
+            grant = await grants.get(grant_id)
+            if grant is not None:
+                tally[grant.state] += 1
+        for state, count in tally.items():
+            self.grants.labels(state).set(count)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """``GET /metrics``: the exposition, behind ``METRICS_TOKEN`` when one is set."""
+    token = request.app[config_key].metrics.token
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+                given.strip().encode(), token.reveal().encode()):
+            return json_error(401, "unauthorized",
+                              "Send Authorization: Bearer <METRICS_TOKEN>.",
+                              headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    metrics = request.app[metrics_key]
+    await metrics.count_grants(request)
+    return web.Response(body=generate_latest(metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE,
+                                 "Cache-Control": "no-store"})
+
+
+def setup_metrics(app: web.Application) -> None:
+    """Create the app's :class:`Metrics` and register ``/metrics``."""
+    app[metrics_key] = Metrics()
+    app.router.add_get("/metrics", metrics_endpoint, name="metrics")
