@@ -33,6 +33,8 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int
+    #: CPU time the server under test spent per request (0 when not measured).
+    cpu_us: float = 0.0
 
 
 def wrk_available() -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -44,6 +45,8 @@ BOTH_CPUS = "0,1"
 CLIENT_ID = "bench-client"
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).with_name("results.md")
+TABLE_HEAD = ("| scenario | A req/s | B req/s | A/B req/s | p50 ms A / B | p99 ms A / B | "
+              "p99 A/B | server CPU us/req A / B | errors | note |")
 
 
 def free_port() -> int:
@@ -203,10 +206,12 @@ class Row:
     def markdown(self) -> str:
         m = self.median
         errors = sum(r.errors for r in self.a + self.b)
+        cpu = (f"{m(self.a, 'cpu_us'):.0f} / {m(self.b, 'cpu_us'):.0f}"
+               if m(self.a, "cpu_us") and m(self.b, "cpu_us") else "")
         return (f"| {self.scenario} | {m(self.a, 'rps'):,.0f} | {m(self.b, 'rps'):,.0f} | "
                 f"**{self.ratio:.2f}** | {m(self.a, 'p50_ms'):.2f} / {m(self.b, 'p50_ms'):.2f} | "
                 f"{m(self.a, 'p99_ms'):.2f} / {m(self.b, 'p99_ms'):.2f} | "
-                f"{self.p99_ratio:.2f} | {errors} | {self.note} |")
+                f"{self.p99_ratio:.2f} | {cpu} | {errors} | {self.note} |")
 
 
 def alternate(runs: dict[str, Callable[[], WrkResult]], pairs: int) -> dict[str, list[WrkResult]]:
@@ -216,6 +221,12 @@ def alternate(runs: dict[str, Callable[[], WrkResult]], pairs: int) -> dict[str,
         for name, run in runs.items():
             results[name].append(run())
     return results
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -322,10 +333,17 @@ class Bench:
                           encryption_key=key, extra=extra)
 
     def measure(self, url: str, connections: int, headers: dict[str, str], *,
-                cpus: str = LOAD_CPUS, **kwargs: Any) -> Callable[[], WrkResult]:
+                cpus: str = LOAD_CPUS, server: Service | None = None,
+                **kwargs: Any) -> Callable[[], WrkResult]:
+        """A wrk run; with ``server``, also the CPU time that process spent per request."""
         def run() -> WrkResult:
-            return wrk(url, connections=connections, duration=self.seconds, headers=headers,
-                       cpus=cpus, **kwargs)
+            before = cpu_seconds(server.process.pid) if server else 0.0
+            result = wrk(url, connections=connections, duration=self.seconds,
+                         headers=headers, cpus=cpus, **kwargs)
+            if server is None or not result.requests:
+                return result
+            spent = cpu_seconds(server.process.pid) - before
+            return dataclasses.replace(result, cpu_us=spent * 1e6 / result.requests)
         return run
 
     def warm(self, *runs: Callable[[], WrkResult]) -> None:
@@ -354,22 +372,24 @@ def scenarios_1_to_3(bench: Bench, seeded: dict[str, str], proxy: Service,
     legacy = {"Authorization": f"Bearer {seeded['legacy_access']}",
               "X-Refresh-Token": seeded["legacy_refresh"]}
     users = "/helix/users"
-    bench.pair("A/A: reference vs reference, 32 conns",
-               bench.measure(reference.url + users, 32, token),
-               bench.measure(reference2.url + users, 32, token), "noise floor")
+    bench.pair("A/A: reference vs reference, 32 conns, distinct URLs",
+               bench.measure(reference.url + users, 32, token, distinct=True, server=reference),
+               bench.measure(reference2.url + users, 32, token, distinct=True,
+                             server=reference2), "noise floor")
     bench.pair("1: proxy key, 32 conns, distinct URLs",
-               bench.measure(proxy.url + users, 32, key, distinct=True),
-               bench.measure(reference.url + users, 32, token, distinct=True),
+               bench.measure(proxy.url + users, 32, key, distinct=True, server=proxy),
+               bench.measure(reference.url + users, 32, token, distinct=True, server=reference),
                "every request reaches the upstream")
     bench.pair("1: proxy key, 32 conns, one URL",
-               bench.measure(proxy.url + users, 32, key),
-               bench.measure(reference.url + users, 32, token),
+               bench.measure(proxy.url + users, 32, key, server=proxy),
+               bench.measure(reference.url + users, 32, token, server=reference),
                "identical concurrent GETs share upstream calls")
     bench.pair("2: old header pair, 32 conns, distinct URLs",
-               bench.measure(proxy.url + users, 32, legacy, distinct=True),
-               bench.measure(reference.url + users, 32, token, distinct=True))
-    row = bench.pair("3: proxy key, 1 conn", bench.measure(proxy.url + users, 1, key),
-                     bench.measure(reference.url + users, 1, token))
+               bench.measure(proxy.url + users, 32, legacy, distinct=True, server=proxy),
+               bench.measure(reference.url + users, 32, token, distinct=True, server=reference))
+    row = bench.pair("3: proxy key, 1 conn",
+                     bench.measure(proxy.url + users, 1, key, server=proxy),
+                     bench.measure(reference.url + users, 1, token, server=reference))
     direct_runs = alternate({"direct": bench.measure(direct + users, 1, token)}, bench.pairs)
     direct_p50 = Row.median(direct_runs["direct"], "p50_ms")
     proxy_p50 = Row.median(row.a, "p50_ms")
@@ -391,9 +411,9 @@ def scenario_4(bench: Bench) -> list[str]:
         headers = {"Content-Type": "application/json"}
         row = bench.pair("4: POST /refresh vs Flask+requests, 32 conns",
                          bench.measure(proxy.url + "/refresh", 32, headers, method="POST",
-                                       body=body),
+                                       body=body, server=proxy),
                          bench.measure(old.url + "/refresh", 32, headers, method="POST",
-                                       body=body), "B = old tool's design")
+                                       body=body, server=old), "B = old tool's design")
         # Then the proxy alone, to count what it asked Twitch for.
         post_json(f"{bench.fake.url}/_bench/reset")
         fresh = json.dumps({"refresh_token": "rt-bench-" + secrets.token_hex(16)})
@@ -534,8 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args.seconds, args.pairs, directory, fake, helix_url)
         notes: list[str] = []
         try:
-            bench.say("| scenario | A req/s | B req/s | A/B req/s | p50 ms A / B | "
-                      "p99 ms A / B | p99 A/B | errors | note |")
+            bench.say(TABLE_HEAD)
             setup = bench.setup("sqlite")
             seeded = asyncio.run(setup.seed())
             proxy = setup.start("proxy")
@@ -589,9 +608,8 @@ def write_results(args: argparse.Namespace, bench: Bench, notes: list[str],
         "Each row alternates A and B runs; req/s and latencies are medians over the runs, "
         "A/B is the median of the per-pair ratios.",
         "",
-        "| scenario | A req/s | B req/s | A/B req/s | p50 ms A / B | p99 ms A / B | p99 A/B "
-        "| errors | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        TABLE_HEAD,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *(row.markdown() for row in bench.rows),
         "",
         *notes,
