@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from .errors import ReauthorizationRequired, TwitchRefused, UpstreamError
 from .grants import ACTIVE, NEEDS_REAUTH, Grant, GrantStore, LoadedGrant, token_hash
-from .store.base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT
+from .store.base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT, StoreUnavailable
 from .twitch import TokenSet, TwitchClient
 
 __all__ = ["EXPIRY_MARGIN", "AppTokenProvider", "RefreshOutcome", "Refresher", "new_grant_id"]
@@ -83,6 +83,10 @@ class Refresher:
         self._lock_lease = lock_lease
         self._on_outcome = on_outcome or (lambda outcome: None)
         self._flights: dict[str, asyncio.Task[Grant]] = {}
+        # Rotations Twitch made that the store could not take (it was away):
+        # grant id -> (the refresh token Twitch spent, the new pair). Written
+        # on the grant's next refresh instead of spending a dead token.
+        self._unsaved: dict[str, tuple[str, TokenSet]] = {}
 
     # -- public API ----------------------------------------------------------------
 
@@ -188,10 +192,31 @@ class Refresher:
         if grant.access_token != stale_access_token:
             self._on_outcome(RefreshOutcome.COALESCED)
             return grant
+        unsaved = self._unsaved.get(grant_id)
+        if unsaved is not None and unsaved[0] == grant.refresh_token:
+            # Twitch already rotated this grant while the store was away.
+            return await self._store_rotation_or_keep(loaded, unsaved[1])
         if grant.state != ACTIVE:
             raise self._reauth()
         tokens = await self._call_twitch(grant.grant_id, grant.refresh_token)
-        return await self._store_rotation(loaded, tokens)
+        return await self._store_rotation_or_keep(loaded, tokens)
+
+    async def _store_rotation_or_keep(self, loaded: LoadedGrant, tokens: TokenSet) -> Grant:
+        """Store a rotation; if the store is away, keep it in memory for the next try.
+
+        Twitch has already spent the old refresh token, so dropping the new pair
+        would lose the grant (twitch-facts: refresh tokens are single use).
+        """
+        grant_id = loaded.grant.grant_id
+        try:
+            grant = await self._store_rotation(loaded, tokens)
+        except StoreUnavailable:
+            self._unsaved[grant_id] = (loaded.grant.refresh_token, tokens)
+            log.warning("refresh grant=%s rotated at Twitch but the store is unavailable: "
+                        "kept in memory until it can be written", grant_id)
+            raise
+        self._unsaved.pop(grant_id, None)
+        return grant
 
     async def _adopt_locked(self, refresh_token: str) -> Grant:
         # Another process may have adopted this token while we waited.
