@@ -47,6 +47,17 @@ def wants_json(request: web.Request) -> bool:
 
 
 async def login(request: web.Request) -> web.Response:
+    """Redirect to Twitch's consent page; a browser gets an error page if that fails."""
+    try:
+        return await _redirect_to_twitch(request)
+    except ProxyError as exc:
+        # Only a browser's navigation asks for text/html; API clients keep JSON.
+        if "text/html" not in request.headers.get("Accept", ""):
+            raise
+        return pages.error_page(request, exc)
+
+
+async def _redirect_to_twitch(request: web.Request) -> web.Response:
     """Redirect to Twitch's consent page with a fresh single-use state."""
     config = request.app[config_key]
     requested = request.query.getall("scope", [])

@@ -34,6 +34,7 @@ from yarl import URL
 from .app_keys import config_key
 from .config import Config
 from .errors import ProxyError
+from .forwarded import public_url_for, redirect_uri_for
 from .grants import ACTIVE, NEEDS_REAUTH
 
 __all__ = [
@@ -233,15 +234,14 @@ def landing_page(request: web.Request) -> web.Response:
         client_id=_e(config.twitch.client_id),
         scope_boxes="\n".join(boxes),
         default_scopes=_scope_list(config.twitch.scopes),
-        public_url=_e(config.server.public_url),
-        redirect_uri=_e(config.redirect_uri),
+        public_url=_e(public_url_for(request)),
+        redirect_uri=_e(redirect_uri_for(request)),
     )
 
 
 def callback_page(request: web.Request, result: dict[str, Any]) -> web.Response:
     """The login result: key, tokens and snippet behind "show", each with a copy button."""
-    config = request.app[config_key]
-    public_url = config.server.public_url
+    public_url = public_url_for(request)
     return render(
         request, "callback.html", title="Connected",
         login=_e(result["login"]),
@@ -293,9 +293,8 @@ _ERROR_TEXTS = {
         "Twitch app's client id, secret and redirect URL.",
     ),
     "invalid_request": _ErrorText(
-        "Twitch's answer was incomplete",
-        "The proxy could not finish the login with what came back. Start again from "
-        "this proxy's front page.",
+        "This login could not go on",
+        "Start again from this proxy's front page, with the permissions it offers.",
     ),
 }
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from yarl import URL
 
 from proxy import pages
 from proxy.app_keys import config_key
 from proxy.errors import ProxyError, UpstreamTimeout
+from proxy.oauth import STATE_COOKIE
 from proxy.store import StoreUnavailable
 from tests.helpers import authorize, login
 
@@ -160,6 +162,40 @@ async def test_status_page_offers_log_in_again(proxy, mock):
                                                                     "bits:read"]
     assert "Log in again with Twitch" in relogin
     assert result["proxy_key"] not in relogin
+
+
+async def test_login_refusal_is_a_page_for_a_browser(proxy, proxy_config):
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    refused = await proxy.get("/login", params={"scope": "channel:manage:broadcast"},
+                              headers=browser, allow_redirects=False)
+    assert refused.status == 400 and refused.content_type == "text/html"
+    assert_page_headers(refused, proxy_config)
+    page = await refused.text()
+    assert "This login could not go on" in page
+    assert "scopes not offered by this proxy: channel:manage:broadcast" in page
+    # API clients still get the JSON error.
+    as_json = await proxy.get("/login", params={"scope": "channel:manage:broadcast"},
+                              allow_redirects=False)
+    assert (await as_json.json())["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("config_flags", [{"server.trust_forwarded": "true"}])
+async def test_pages_use_the_public_url_behind_a_router(proxy):
+    """Without PUBLIC_URL, a trusted router's X-Forwarded-* name the proxy's address."""
+    routed = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "proxy.example"}
+    page = await (await proxy.get("/", headers=routed)).text()
+    assert "<code>https://proxy.example</code>" in page
+    assert "<code>https://proxy.example/callback</code>" in page
+    start = await proxy.get("/login", headers=routed, allow_redirects=False)
+    async with proxy.session.get(start.headers["Location"], allow_redirects=False) as consent:
+        back = URL(consent.headers["Location"])
+    assert str(back.with_query(None)) == "https://proxy.example/callback"
+    # The state cookie is Secure (the browser is on https); this test client is not.
+    cookie = f"{STATE_COOKIE}={start.cookies[STATE_COOKIE].value}"
+    callback = await proxy.get("/callback", params=back.query,
+                               headers={**routed, "Cookie": cookie})
+    assert callback.status == 200
+    assert html.escape('const PROXY = "https://proxy.example";') in await callback.text()
 
 
 async def test_error_page_denied_consent(proxy, proxy_config):
