@@ -15,6 +15,9 @@
 - **Allowlist**: ``helix.allow`` (``"GET /users"``, ``"* /channels/*"``)
   refuses other Helix calls with 403 before any credential is looked at.
 
+Limits count per :func:`proxy.forwarded.client_address`: the peer, or the
+platform router's ``X-Forwarded-For`` when ``server.trust_forwarded`` is on.
+
 All state lives in one :class:`AbuseGuard` per app, under ``abuse_guard_key``;
 the middleware :func:`abuse_middleware` applies it.
 """
@@ -43,6 +46,7 @@ from .errors import (
     ProxyError,
     RateLimited,
 )
+from .forwarded import client_address
 from .grants import PROXY_KEY_PREFIX, token_hash
 
 if TYPE_CHECKING:
@@ -268,15 +272,6 @@ abuse_guard_key = web.AppKey("abuse_guard_key", AbuseGuard)
 def _parse_pattern(pattern: str) -> tuple[str, str]:
     method, _, path = pattern.partition(" ")
     return method.upper(), path.strip()
-
-
-def client_address(request: web.Request) -> str:
-    """The address limits are counted against.
-
-    ``request.remote`` is the peer (or what aiohttp's forwarded handling made
-    of it); an unknown peer shares one bucket rather than escaping the limit.
-    """
-    return request.remote or "unknown"
 
 
 def handler_args(limits: LimitsConfig) -> dict[str, Any]:
