@@ -85,6 +85,19 @@ class ValidationOutcome:
 
 
 _RETRIED = frozenset({ValidationOutcome.UNAVAILABLE, ValidationOutcome.REFRESH_FAILED})
+_QUIET = frozenset({ValidationOutcome.VALID, ValidationOutcome.REFRESHED})
+
+
+def _log_outcome(outcome: str, grant_id: str, *, level: int | None = None,
+                 note: str | None = None, **details: str | None) -> None:
+    """One line per validation, ``validation outcome=... grant_id=...``; structured in JSON."""
+    fields = {"event": "validation", "outcome": outcome, "grant_id": grant_id, **details}
+    text = " ".join(f"{key}={value}" for key, value in fields.items()
+                    if key != "event" and value is not None)
+    if level is None:
+        level = logging.INFO if outcome in _QUIET else logging.WARNING
+    log.log(level, "validation %s%s", text, f": {note}" if note else "",
+            extra={"fields": fields})
 
 
 class Validator:
@@ -177,12 +190,11 @@ class Validator:
                 await store.delete(claim)
             return outcome
         except StoreUnavailable as exc:
-            log.warning("validation grant=%s outcome=%s: the store is unavailable (%s)",
-                        grant_id, ValidationOutcome.UNAVAILABLE, exc)
+            _log_outcome(ValidationOutcome.UNAVAILABLE, grant_id, error=exc.code,
+                         note="the store is unavailable")
             return ValidationOutcome.UNAVAILABLE
         except DecryptionFailed as exc:
-            log.error("validation grant=%s outcome=%s: %s", grant_id,
-                      ValidationOutcome.SKIPPED, exc)
+            _log_outcome(ValidationOutcome.SKIPPED, grant_id, level=logging.ERROR, note=str(exc))
             return ValidationOutcome.SKIPPED
 
     async def _validate_claimed(self, grant_id: str) -> str:
@@ -192,32 +204,27 @@ class Validator:
         try:
             identity = await self._twitch.validate(grant.access_token)
         except UpstreamError as exc:
-            log.warning("validation grant=%s outcome=%s error=%s", grant_id,
-                        ValidationOutcome.UNAVAILABLE, exc.code)
+            _log_outcome(ValidationOutcome.UNAVAILABLE, grant_id, error=exc.code)
             return ValidationOutcome.UNAVAILABLE
         now = time.time()
         if identity is not None:
             await self._stamp(grant, last_validated_at=now,
                               expires_at=now + identity.expires_in)
-            log.info("validation grant=%s login=%s outcome=%s", grant_id, grant.login,
-                     ValidationOutcome.VALID)
+            _log_outcome(ValidationOutcome.VALID, grant_id, login=grant.login)
             return ValidationOutcome.VALID
         try:
             refreshed = await self._refresher.refresh(grant_id,
                                                       stale_access_token=grant.access_token)
         except ReauthorizationRequired:
-            log.warning("validation grant=%s login=%s outcome=%s: Twitch refused the refresh "
-                        "token; the user must log in again", grant_id, grant.login,
-                        ValidationOutcome.NEEDS_REAUTH)
+            _log_outcome(ValidationOutcome.NEEDS_REAUTH, grant_id, login=grant.login,
+                         note="Twitch refused the refresh token; the user must log in again")
             return ValidationOutcome.NEEDS_REAUTH
         except (TwitchRefused, UpstreamError) as exc:
-            log.warning("validation grant=%s outcome=%s error=%s", grant_id,
-                        ValidationOutcome.REFRESH_FAILED, exc.code)
+            _log_outcome(ValidationOutcome.REFRESH_FAILED, grant_id, error=exc.code)
             return ValidationOutcome.REFRESH_FAILED
         # Twitch has just issued this token, which is as good as validating it.
         await self._stamp(refreshed, last_validated_at=now)
-        log.info("validation grant=%s login=%s outcome=%s", grant_id, grant.login,
-                 ValidationOutcome.REFRESHED)
+        _log_outcome(ValidationOutcome.REFRESHED, grant_id, login=grant.login)
         return ValidationOutcome.REFRESHED
 
     async def _stamp(self, seen: Grant, **changes: Any) -> None:

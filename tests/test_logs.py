@@ -263,3 +263,18 @@ async def test_no_secret_reaches_a_log_line_or_an_error_body(
     leaks = sorted(s for s in secrets for body in error_bodies if s in body)
     assert leaks == [], "secrets in an error body"
     await asyncio.sleep(0)
+
+
+async def test_one_line_per_validation_with_its_outcome(proxy, mock, captured):
+    from proxy.app_keys import grants_key, validator_key
+    from proxy.validator import CLAIM_PREFIX
+
+    await login(proxy)
+    app = proxy.server.app
+    (grant_id,) = await app[grants_key].all_ids()
+    await app[grants_key].store.delete(CLAIM_PREFIX + grant_id)  # due again
+    await app[validator_key].sweep([grant_id])
+    lines = [line for line in captured.json_lines() if line.get("event") == "validation"]
+    assert lines[-1]["outcome"] == "valid" and lines[-1]["grant_id"] == grant_id
+    assert lines[-1]["login"] == "twitchdev" and lines[-1]["level"] == "INFO"
+    assert f"validation outcome=valid grant_id={grant_id}" in captured.text.getvalue()
