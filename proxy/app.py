@@ -39,7 +39,14 @@ from .app_keys import (
 )
 from .config import Config
 from .cors import setup_cors
-from .crypto import Cipher, FernetCipher, PlainCipher, load_or_create_key_file, parse_keys
+from .crypto import (
+    Cipher,
+    DecryptionFailed,
+    FernetCipher,
+    PlainCipher,
+    load_or_create_key_file,
+    parse_keys,
+)
 from .errors import error_middleware
 from .grants import GrantStore
 from .health import setup_health
@@ -50,7 +57,7 @@ from .openapi import setup_openapi
 from .refresh import AppTokenProvider, Refresher
 from .requestlog import request_middleware, setup_request_log
 from .status import setup_status
-from .store import open_store, sqlite_path
+from .store import StoreUnavailable, open_store, sqlite_path
 from .twitch import TwitchClient
 from .validator import setup_validator
 
@@ -93,6 +100,14 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await open_store(config.store.url, prefix=config.store.prefix)
     app[store_key] = store
     grants = GrantStore(store, cipher_for(config))
+    try:
+        # A wrong encryption key fails the start with one clear error.
+        await grants.check_cipher()
+    except StoreUnavailable:
+        pass  # not reachable yet: /readyz says so, and reads check the key later
+    except DecryptionFailed:
+        await store.close()
+        raise
     twitch = TwitchClient(app[http_session_key], config.twitch)
     app[grants_key] = grants
     app[twitch_key] = twitch

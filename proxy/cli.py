@@ -20,6 +20,7 @@ from aiohttp import web
 from . import admin
 from .app import create_app
 from .config import Config, ConfigError, env_table, load_config
+from .crypto import DecryptionFailed
 from .logs import config_secrets, setup_logging
 from .server import serve
 
@@ -142,4 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _serve(config, mock_port)
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
+    except DecryptionFailed as exc:
+        print(f"twitch-proxy: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0

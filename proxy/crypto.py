@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from .errors import ProxyError
 from .secret import Secret
 
 __all__ = ["Cipher", "FernetCipher", "PlainCipher", "DecryptionFailed", "key_file_for",
@@ -27,8 +28,15 @@ __all__ = ["Cipher", "FernetCipher", "PlainCipher", "DecryptionFailed", "key_fil
 log = logging.getLogger(__name__)
 
 
-class DecryptionFailed(Exception):
-    """A stored record could not be decrypted with any configured key."""
+class DecryptionFailed(ProxyError):
+    """A stored record could not be decrypted with any configured key.
+
+    A configuration problem (a changed or wrong key), never a token's fault:
+    the server refuses to start on it, and a request meeting it gets a 500
+    whose message says what to fix.
+    """
+
+    code = "store_key_mismatch"
 
 
 class Cipher:
@@ -67,7 +75,10 @@ class FernetCipher(Cipher):
             return self._fernet.decrypt(data)
         except InvalidToken:
             raise DecryptionFailed(
-                "a stored record cannot be decrypted with TOKEN_ENCRYPTION_KEY"
+                "a stored record cannot be decrypted with the configured encryption key "
+                "(TOKEN_ENCRYPTION_KEY, or the key file beside the SQLite database): to "
+                "change keys, put the new key first and keep the old one after it until "
+                "`twitch-proxy grants reencrypt` has run"
             ) from None
 
 

@@ -193,6 +193,19 @@ class GrantStore:
         """Every grant id (admin and validator only: it scans the store)."""
         return sorted(key.removeprefix("grant:") for key in await self.store.keys("grant:"))
 
+    async def check_cipher(self) -> None:
+        """Raise DecryptionFailed unless a stored grant decrypts with this cipher.
+
+        Run at start-up, so a wrong or missing key is one clear error there
+        instead of a failure on every request. Reads one grant (there is one
+        key for all of them); an empty store passes.
+        """
+        for key in await self.store.keys("grant:"):
+            raw = await self.store.get(key)
+            if raw is not None:
+                self._cipher.decrypt(raw)
+                return
+
     # -- refresh-token index -----------------------------------------------------
 
     async def index_refresh_token(self, token: str, grant_id: str, kind: RefreshTokenKind,
