@@ -130,3 +130,19 @@ def test_secret_never_printed(config_file):
     with pytest.raises(ConfigError) as info:
         load_config(path=config_file, environ={**CREDENTIALS, "PORT": "no"})
     assert "s3cr3t-value" not in str(info.value)
+
+
+def test_lock_lease_outlasts_the_twitch_timeout_and_validation_needs_an_interval(config_file):
+    config_file.write_text("store:\n  lock_lease: 10\ntwitch:\n  timeout: 10\n"
+                           "auth:\n  validate_interval: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path=config_file, environ=CREDENTIALS)
+    assert "store.lock_lease must be longer than twitch.timeout" in str(info.value)
+    assert "auth.validate_interval must be positive" in str(info.value)
+    config_file.write_text("store:\n  lock_lease: 5\ntwitch:\n  timeout: 4\n"
+                           "auth:\n  validate_interval: 60\n")
+    config = load_config(path=config_file, environ=CREDENTIALS)
+    assert (config.store.lock_lease, config.auth.validate_interval) == (5.0, 60.0)
+    config_file.write_text("")
+    defaults = load_config(path=config_file, environ=CREDENTIALS)
+    assert (defaults.store.lock_lease, defaults.auth.validate_interval) == (30.0, 3600.0)
