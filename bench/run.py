@@ -414,7 +414,9 @@ def scenario_4(bench: Bench) -> list[str]:
                                        body=body, server=proxy),
                          bench.measure(old.url + "/refresh", 32, headers, method="POST",
                                        body=body, server=old), "B = old tool's design")
-        # Then the proxy alone, to count what it asked Twitch for.
+        # Then the proxy alone, to count what it asked Twitch for (the old tool
+        # is stopped first: its dev server may still be working off a backlog).
+        old.stop()
         post_json(f"{bench.fake.url}/_bench/reset")
         fresh = json.dumps({"refresh_token": "rt-bench-" + secrets.token_hex(16)})
         alone = wrk(proxy.url + "/refresh", connections=32, duration=1, headers=headers,
