@@ -30,6 +30,7 @@ from .abuse import abuse_middleware, handler_args, setup_abuse
 from .app_keys import (
     app_token_key,
     config_key,
+    grant_cache_key,
     grants_key,
     http_session_key,
     metrics_key,
@@ -37,6 +38,7 @@ from .app_keys import (
     store_key,
     twitch_key,
 )
+from .cache import CachedGrantStore, setup_cache
 from .config import Config
 from .cors import setup_cors
 from .crypto import (
@@ -48,12 +50,12 @@ from .crypto import (
     parse_keys,
 )
 from .errors import error_middleware
-from .grants import GrantStore
 from .health import setup_health
 from .helix import setup_helix
 from .metrics import setup_metrics
 from .oauth import setup_oauth
 from .openapi import setup_openapi
+from .ratelimit import setup_ratelimit
 from .refresh import AppTokenProvider, Refresher
 from .requestlog import request_middleware, setup_request_log
 from .status import setup_status
@@ -77,7 +79,8 @@ def cipher_for(config: Config) -> Cipher:
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession for every call to Twitch, closed at shutdown."""
     config = app[config_key]
-    connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300,
+    connector = aiohttp.TCPConnector(limit=config.helix.pool_size,
+                                     limit_per_host=config.helix.pool_size, ttl_dns_cache=300,
                                      keepalive_timeout=30)
     session = aiohttp.ClientSession(
         connector=connector,
@@ -99,7 +102,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
     store = await open_store(config.store.url, prefix=config.store.prefix)
     app[store_key] = store
-    grants = GrantStore(store, cipher_for(config))
+    # Hot-path lookups from memory, invalidated across processes (proxy.cache).
+    grants = CachedGrantStore(store, cipher_for(config), poll_interval=config.store.cache_poll)
     try:
         # A wrong encryption key fails the start with one clear error.
         await grants.check_cipher()
@@ -110,6 +114,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         raise
     twitch = TwitchClient(app[http_session_key], config.twitch)
     app[grants_key] = grants
+    app[grant_cache_key] = grants
     app[twitch_key] = twitch
     app[refresher_key] = Refresher(
         grants, twitch, replay_window=config.auth.replay_window,
@@ -135,7 +140,9 @@ def create_app(config: Config) -> web.Application:
     app[config_key] = config
     app.cleanup_ctx.append(http_session_ctx)
     app.cleanup_ctx.append(store_ctx)
+    setup_cache(app)
     setup_validator(app)
+    setup_ratelimit(app)
     setup_abuse(app, config)
     setup_metrics(app)
     setup_request_log(app)

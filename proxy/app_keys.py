@@ -8,21 +8,28 @@ import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .abuse import AbuseGuard
+    from .cache import CachedGrantStore, SharedGets
     from .config import Config
     from .grants import GrantStore
     from .metrics import Metrics
+    from .ratelimit import RateLimitGate
     from .refresh import AppTokenProvider, Refresher
     from .store.base import TokenStore
     from .twitch import TwitchClient
     from .validator import Validator
 
 __all__ = [
+    "abuse_guard_key",
     "app_token_key",
     "config_key",
+    "grant_cache_key",
     "grants_key",
     "http_session_key",
     "metrics_key",
+    "ratelimit_gate_key",
     "refresher_key",
+    "shared_gets_key",
     "store_key",
     "twitch_key",
     "validator_key",
@@ -36,4 +43,8 @@ twitch_key: web.AppKey[TwitchClient] = web.AppKey("twitch_key")
 refresher_key: web.AppKey[Refresher] = web.AppKey("refresher_key")
 app_token_key: web.AppKey[AppTokenProvider] = web.AppKey("app_token_key")
 metrics_key: web.AppKey[Metrics] = web.AppKey("metrics_key")
+grant_cache_key: web.AppKey[CachedGrantStore] = web.AppKey("grant_cache_key")
+shared_gets_key: web.AppKey[SharedGets] = web.AppKey("shared_gets_key")
+ratelimit_gate_key: web.AppKey[RateLimitGate] = web.AppKey("ratelimit_gate_key")
 validator_key: web.AppKey[Validator] = web.AppKey("validator_key")
+abuse_guard_key: web.AppKey[AbuseGuard] = web.AppKey("abuse_guard_key")

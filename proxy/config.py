@@ -135,6 +135,11 @@ class StoreConfig:
         "(longer than twitch.timeout).",
         default=30.0,
     )
+    cache_poll: float = _doc(
+        "Seconds between checks for other processes' changes to grants and keys "
+        "(the most a revocation elsewhere takes to apply here); 0: no in-process cache.",
+        default=0.5,
+    )
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,17 @@ class HelixConfig:
         "Use an app access token for requests without Authorization.", default=False
     )
     max_body: int = _doc("Largest request body buffered for a retry (bytes).", default=1048576)
+    pool_size: int = _doc("Keep-alive connections kept open to Twitch (the connection pool).",
+                          default=100)
+    cache: dict[str, float] = _doc(
+        "GET paths answered from a per-grant cache for that many seconds, e.g. "
+        "{/streams: 10}; Twitch's Cache-Control can only shorten it.",
+        default_factory=dict,
+    )
+    ratelimit_wait: float = _doc(
+        "Most seconds a request waits for Twitch's rate-limit bucket to refill (beyond: 429).",
+        default=5.0,
+    )
     allow: tuple[str, ...] = _doc(
         "Method and path patterns let through, e.g. 'GET /users' or '* /channels/*' "
         "(empty: everything).",
@@ -300,6 +316,13 @@ def _coerce(value: Any, kind: Any, *, from_text: bool) -> Any:
         if isinstance(value, str):
             return value
         raise ValueError("expected a string")
+    if typing.get_origin(kind) is dict:  # dict[str, float]: "a=1,b=2" from text
+        if from_text and isinstance(value, str):
+            value = dict(part.strip().partition("=")[::2] for part in value.split(",")
+                         if part.strip())
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: _coerce(v, float, from_text=from_text) for k, v in value.items()}
+        raise ValueError("expected a mapping of strings to numbers")
     if typing.get_origin(kind) is tuple:
         if from_text and isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -523,6 +546,7 @@ def validate_other(config: Config) -> list[str]:
             problems.append(f"cors.allow_origins: {origin!r} is not *, null or an http(s) origin")
     if config.helix.max_body < 0:
         problems.append("helix.max_body must not be negative")
+    problems += validate_helix_sharing(config)
     problems += validate_limits(config.limits, config.helix)
     if config.auth.state_ttl <= 0 or config.auth.replay_window < 0:
         problems.append("auth.state_ttl must be positive and auth.replay_window not negative")
@@ -547,6 +571,21 @@ def validate_limits(limits: LimitsConfig, helix: HelixConfig) -> list[str]:
         method, _, path = pattern.partition(" ")
         if not (method == "*" or method.isalpha()) or not path.startswith("/"):
             problems.append(f"helix.allow: {pattern!r} is not 'METHOD /path' (e.g. 'GET /users')")
+    return problems
+
+
+def validate_helix_sharing(config: Config) -> list[str]:
+    """Connection pool, response cache, rate-limit wait and grant cache settings."""
+    problems = []
+    if config.helix.pool_size < 1:
+        problems.append("helix.pool_size must be at least 1")
+    for path, ttl in config.helix.cache.items():
+        if not path.startswith("/") or ttl < 0:
+            problems.append(f"helix.cache: {path!r}: give a path like /streams and seconds >= 0")
+    if config.helix.ratelimit_wait < 0:
+        problems.append("helix.ratelimit_wait must not be negative")
+    if config.store.cache_poll < 0:
+        problems.append("store.cache_poll must not be negative")
     return problems
 
 

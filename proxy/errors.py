@@ -12,6 +12,7 @@ The hierarchy::
     ├── Forbidden                   (403 forbidden)
     ├── PayloadTooLarge             (413 payload_too_large)
     ├── RateLimited                 (429 rate_limited)
+    │   └── ratelimit.BucketEmpty   (429, Twitch's bucket empty: Ratelimit-* headers)
     ├── TwitchRefused               (Twitch's own 4xx status and body)
     ├── UpstreamError               (502 upstream_error)
     │   ├── UpstreamUnreachable     (502 upstream_unreachable)
