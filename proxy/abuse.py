@@ -18,7 +18,7 @@
 Limits count per :func:`proxy.forwarded.client_address`: the peer, or the
 platform router's ``X-Forwarded-For`` when ``server.trust_forwarded`` is on.
 
-All state lives in one :class:`AbuseGuard` per app, under ``abuse_guard_key``;
+All state lives in one :class:`AbuseGuard` per app, under ``app_keys.abuse_guard_key``;
 the middleware :func:`abuse_middleware` applies it.
 """
 
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .app_keys import abuse_guard_key
 from .config import Config, LimitsConfig
 from .errors import (
     Forbidden,
@@ -58,7 +59,6 @@ __all__ = [
     "Overloaded",
     "RateLimiter",
     "TokenBucket",
-    "abuse_guard_key",
     "abuse_middleware",
     "check_helix_allowed",
     "handler_args",
@@ -66,7 +66,7 @@ __all__ = [
     "setup_abuse",
 ]
 
-#: Routes (by name) whose callers are rate limited per address, and the bucket.
+#: Routes (by first path segment) rate limited per address, and their bucket.
 RATE_LIMITED_ROUTES = {"login": "login", "callback": "callback", "refresh": "refresh"}
 
 #: Routes whose bodies are small forms, capped by ``limits.max_form_body``.
@@ -264,9 +264,6 @@ class AbuseGuard:
             yield
         finally:
             self.total.release("")
-
-
-abuse_guard_key = web.AppKey("abuse_guard_key", AbuseGuard)
 
 
 def _parse_pattern(pattern: str) -> tuple[str, str]:

@@ -47,7 +47,7 @@ from .app_keys import (
 from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge
 from .grants import PROXY_KEY_PREFIX, Grant
 from .requestlog import note_grant
-from .twitch import upstream_errors
+from .twitch import check_gateway_answer, upstream_errors
 
 __all__ = ["Credential", "classify_401", "helix_url_for", "resolve_credential", "setup_helix"]
 
@@ -229,6 +229,7 @@ async def helix_proxy(request: web.Request) -> web.StreamResponse:
                 retried_503 = True  # Twitch's guide: retry a 503 once
                 await asyncio.sleep(0.1)
                 continue
+            check_gateway_answer(upstream.status, upstream.content_type)  # an HTML 5xx page
             return await _relay(request, upstream, credential)
         finally:
             upstream.release()

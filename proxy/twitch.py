@@ -32,7 +32,8 @@ from .errors import (
     UpstreamUnreachable,
 )
 
-__all__ = ["Identity", "TokenSet", "TwitchClient", "read_limited", "upstream_errors"]
+__all__ = ["Identity", "TokenSet", "TwitchClient", "check_gateway_answer", "read_limited",
+           "upstream_errors"]
 
 #: Twitch's token and validate answers are a few hundred bytes; anything far
 #: larger is a broken upstream, not a token.
@@ -92,6 +93,20 @@ def upstream_errors() -> Iterator[None]:
         raise UpstreamUnreachable("Twitch could not be reached.") from None
     except aiohttp.ClientError:
         raise UpstreamUnreachable("The connection to Twitch failed.") from None
+
+
+def check_gateway_answer(status: int, content_type: str) -> None:
+    """Raise the proxy's own gateway error for a 5xx that is not Twitch's JSON.
+
+    Helix's own errors are JSON; a 5xx page in HTML (or empty) comes from a load
+    balancer or CDN in front of it, and a widget's ``res.json()`` cannot read it.
+    Twitch's JSON answers, 5xx included, are passed on as they are.
+    """
+    if status < 500 or content_type.endswith("json"):
+        return
+    if status == 504:
+        raise UpstreamTimeout("Twitch's gateway timed out.")
+    raise UpstreamUnavailable(f"Twitch's gateway answered {status}; try again shortly.")
 
 
 def _is_permanent_refusal(status: int, payload: Mapping[str, Any]) -> bool:

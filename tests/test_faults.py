@@ -32,6 +32,7 @@ import sys
 import time
 from collections import Counter
 
+import aiohttp
 import pytest
 import redis
 from cryptography.fernet import Fernet
@@ -178,6 +179,13 @@ class FaultyUpstream:
         await self._status(writer, 200, b'{"token_type": "bearer", "scope": []}',
                            "application/json")
 
+    async def _reset_mid_huge_body(self, reader, writer, head, body) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 8388608\r\n\r\n{\"data\": [\"" + b"x" * 1048576)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        self._rst(writer)
+
     async def _huge(self, reader, writer, head, body) -> None:
         size = 8 * 1024 * 1024
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -260,17 +268,18 @@ TOKEN_FAULTS = {
 }
 
 HELIX_FAULTS = {
-    # Transport faults become the proxy's own gateway errors; an answer Twitch
-    # did send (any status, any body) is passed through as the contract says.
+    # Transport faults and 5xx pages that are not Twitch's JSON (a load balancer's
+    # HTML) become the proxy's own JSON gateway errors; answers Twitch itself sent
+    # in JSON, and any 2xx-4xx, are passed through as the contract says.
     "refused": 502,
     "reset_before_headers": 502,
     "reset_mid_body": 502,
     "never_ends": 504,
     "one_byte_per_second": 504,
-    "status_500": 500,
-    "status_502": 502,
-    "status_503": 503,
-    "status_504": 504,
+    "status_500": 500,  # JSON: Twitch's own answer
+    "status_502": 503,  # HTML page
+    "status_503": 503,  # JSON, retried once
+    "status_504": 504,  # HTML page
     "html": 200,
     "invalid_json": 200,
     "huge": 200,
@@ -336,7 +345,7 @@ async def test_upstream_fault(faulted_proxy, mock, faulty, caplog, reliability,
 
     assert status == expected, body[:300]
     assert fault == "refused" or faulty.hits[fault] >= 1, faulty.hits
-    if status >= 500 and not (where == "helix" and fault.startswith("status_")):
+    if status >= 500 and not (where == "helix" and fault in ("status_500", "status_503")):
         error = json.loads(body)
         assert set(error) >= {"error", "message"}, error
         assert error["error"].startswith("upstream_"), error
@@ -428,6 +437,8 @@ async def test_redis_restart_mid_traffic(aiohttp_client, mock, twitch_server, tm
         ("GET", "/status", {"headers": _bearer(key)}),
         ("POST", "/revoke", {"headers": _bearer(key)}),
         ("GET", "/login", {"allow_redirects": False}),
+        ("GET", "/callback", {"params": {"state": "s", "code": "c"},
+                              "headers": {"Accept": "application/json"}}),
         ("GET", "/readyz", {}),
     ]:
         response = await proxy.request(method, path, **kwargs)
@@ -440,7 +451,7 @@ async def test_redis_restart_mid_traffic(aiohttp_client, mock, twitch_server, tm
         assert body["error"] in ("store_unavailable", "store_busy", "not_ready"), body
         assert int(response.headers["Retry-After"]) >= 1, path
     assert {path for path, status in down if status == 503} >= {
-        "/refresh", "/revoke", "/login", "/readyz"}, down
+        "/refresh", "/revoke", "/login", "/callback", "/readyz"}, down
     # A refresh while the store is away: Twitch must not be asked (the rotation
     # could not be stored), so the token is not spent.
     mock.expire_access_tokens()
@@ -554,6 +565,26 @@ async def test_sqlite_locked_by_another_process(aiohttp_client, mock, twitch_ser
     reliability.tokens_lost += int(lost)
     assert not lost
     assert reliability.leaks(_secrets(mock, first), caplog.text) == []
+    reliability.fault_scenarios += 1
+
+
+async def test_helix_body_broken_after_the_headers_is_not_a_silent_truncation(
+        faulted_proxy, mock, faulty, reliability):
+    """Twitch breaking off an 8 MiB body: a JSON 502, or (when the proxy was already
+    streaming) a response that visibly breaks; never a complete-looking truncated 200."""
+    proxy = faulted_proxy
+    first = await login(proxy)
+    faulty.fault, faulty.target = "reset_mid_huge_body", "/helix/"
+    response = await proxy.get("/helix/users", headers=_bearer(first["proxy_key"]))
+    if response.status == 502:
+        assert (await response.json())["error"].startswith("upstream_")
+    else:
+        assert response.status == 200  # the status line went out before the break
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+    faulty.fault, faulty.target = "pass", ""
+    healed = await proxy.get("/helix/users", headers=_bearer(first["proxy_key"]))
+    assert healed.status == 200
     reliability.fault_scenarios += 1
 
 

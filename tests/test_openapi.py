@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.abuse import RateLimiter, abuse_guard_key
+from proxy.abuse import RateLimiter
+from proxy.app_keys import abuse_guard_key
 from proxy.openapi import openapi_document
 from tests.helpers import login
 
