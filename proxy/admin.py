@@ -192,8 +192,7 @@ async def grants_import(args: argparse.Namespace, config: Config, out: TextIO) -
             ) or grant
             if identity.user_id:
                 # One grant per user for /login's sake, unless the user already has one.
-                await grants.store.compare_and_swap(f"user:{identity.user_id}", None,
-                                                    grant.grant_id.encode())
+                await grants.claim_user(identity.user_id, grant.grant_id)
         key, record = await grants.create_key(grant.grant_id)
     if args.json:
         print(json.dumps({"grant_id": grant.grant_id, "login": grant.login,

@@ -14,6 +14,8 @@ key                        value (JSON; grant records encrypted at rest)
                            knows: ``current``, ``rotated`` (kept for the replay
                            window) or ``adopted`` (an old widget's pair, forever)
 ``state:<state>``          a pending /login (single use, expires)
+``validated:<grant_id>``   who validates the grant this interval
+                           (:mod:`proxy.validator`; expires)
 =========================  =====================================================
 
 Proxy keys and refresh tokens are only ever stored as SHA-256 hashes (they are
@@ -188,6 +190,10 @@ class GrantStore:
         """The grant id already held for a Twitch user, if any."""
         raw = await self.store.get(f"user:{user_id}")
         return raw.decode() if raw else None
+
+    async def claim_user(self, user_id: str, grant_id: str) -> bool:
+        """Make ``grant_id`` the user's grant unless the user has one; say whether it did."""
+        return await self.store.compare_and_swap(f"user:{user_id}", None, grant_id.encode())
 
     async def all_ids(self) -> list[str]:
         """Every grant id (admin and validator only: it scans the store)."""
