@@ -177,8 +177,10 @@ async def browser_login(session: aiohttp.ClientSession, base: URL) -> dict:
         return body
 
 
-async def helix_users(session: aiohttp.ClientSession, base: URL, key: str) -> int:
-    async with session.get(base / "helix" / "users",
+async def helix_users(session: aiohttp.ClientSession, base: URL, key: str,
+                      widget: int = 0) -> int:
+    """GET /helix/users; ``widget`` makes the URL distinct, so no two requests share a call."""
+    async with session.get(base / "helix" / "users", params={"widget": str(widget)},
                            headers={"Authorization": f"Bearer {key}"}) as response:
         if response.status == 200:
             body = await response.json()
@@ -188,19 +190,25 @@ async def helix_users(session: aiohttp.ClientSession, base: URL, key: str) -> in
 
 async def test_200_requests_over_two_processes_cost_one_refresh(deployment, session, mock):
     first, second = await deployment.start(2, session)
-    key = (await browser_login(session, first.base))["proxy_key"]
+    login = await browser_login(session, first.base)
+    key = login["proxy_key"]
     # Both processes hold the grant (and its soon stale token) before it expires.
     assert [await helix_users(session, p.base, key) for p in (first, second)] == [200, 200]
     mock.expire_access_tokens()
     mock.reset_calls()
 
     statuses = await asyncio.gather(*(
-        helix_users(session, (first, second)[n % 2].base, key) for n in range(200)
+        helix_users(session, (first, second)[n % 2].base, key, widget=n) for n in range(200)
     ))
 
     assert statuses == [200] * 200, {s: statuses.count(s) for s in set(statuses)}
     assert mock.calls["token:refresh_token"] == 1, first.output() + second.output()
     assert mock.refresh_reuses == 0
+    # Both processes met Twitch's 401 for the expired token (even widgets went to
+    # the first, odd ones to the second), so both had to coordinate a refresh.
+    stale = {int(r.query["widget"]) % 2 for r in mock.helix_requests
+             if r.headers["Authorization"] == f"Bearer {login['access_token']}"}
+    assert stale == {0, 1}
 
 
 async def test_a_process_killed_mid_refresh_loses_nothing(
