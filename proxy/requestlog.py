@@ -108,6 +108,8 @@ def _log_request(request: web.Request, record: RequestRecord, status: int,
                  seconds: float) -> None:
     route = _route_of(request)
     request.app[metrics_key].request_done(route, request.method, status, seconds)
+    if not log.isEnabledFor(logging.INFO):
+        return  # LOG_LEVEL above INFO: building the line would be wasted (hot path)
     fields = {
         "event": "request",
         "method": request.method,
