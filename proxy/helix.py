@@ -21,6 +21,7 @@ A widget calls ``<proxy>/helix/users?login=foo`` exactly as it would call
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -32,20 +33,23 @@ from typing import Literal
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .abuse import check_helix_allowed, hold_grant_slot
 from .app_keys import (
     app_token_key,
     config_key,
-    grants_key,
+    grant_cache_key,
     http_session_key,
+    ratelimit_gate_key,
     refresher_key,
+    shared_gets_key,
     twitch_key,
 )
+from .cache import SharedAnswer
 from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge
-from .grants import PROXY_KEY_PREFIX, Grant
+from .grants import PROXY_KEY_PREFIX, Grant, token_hash
 from .requestlog import note_grant
 from .twitch import check_gateway_answer, upstream_errors
 
@@ -92,6 +96,12 @@ class Credential:
     grant: Grant | None = None
 
 
+@functools.lru_cache(maxsize=8)
+def _base_path(base: str) -> str:
+    """``/helix/`` for ``https://api.twitch.tv/helix`` (parsed once, not per request)."""
+    return URL(base).path.rstrip("/") + "/"
+
+
 def helix_url_for(base: str, path: str, raw_query: str) -> URL:
     """The upstream URL, or InvalidPath when ``path`` could leave ``base``.
 
@@ -102,7 +112,7 @@ def helix_url_for(base: str, path: str, raw_query: str) -> URL:
         raise InvalidPath("The Helix path may only contain letters, digits, '-', '_' and "
                           "single '/' between them.")
     url = URL(f"{base}/{path}" + (f"?{raw_query}" if raw_query else ""), encoded=True)
-    if not url.path.startswith(URL(base).path.rstrip("/") + "/"):
+    if not url.path.startswith(_base_path(base)):
         raise InvalidPath("The Helix path leaves the Helix API.")  # pragma: no cover
     return url
 
@@ -135,19 +145,28 @@ async def resolve_credential(request: web.Request) -> Credential:
     if scheme.lower() != "bearer" or not token:
         raise InvalidRequest("The Authorization header must be 'Bearer <proxy key or token>'.")
     refresher = request.app[refresher_key]
+    # Key and adopted-pair lookups come from the in-process grant cache
+    # (proxy.cache): no store round trip while nothing changed.
+    grants = request.app[grant_cache_key]
     if token.startswith(PROXY_KEY_PREFIX):
-        grants = request.app[grants_key]
-        record = await grants.key_record(token)
-        grant = await grants.get(record.grant_id) if record else None
+        grant = await grants.grant_for_key(token)
         if grant is None:
             raise InvalidProxyKey("This proxy key is unknown or was revoked.")
-        grant = await refresher.ensure_fresh(grant)
-        return Credential("key", grant.access_token, grant)
+        fresh = await refresher.ensure_fresh(grant)
+        if fresh is not grant:
+            grants.remember(fresh)
+        return Credential("key", fresh.access_token, fresh)
     refresh_token = request.headers.get("X-Refresh-Token", "").strip()
     if refresh_token:
-        grant = await refresher.adopt(token, refresh_token)
-        grant = await refresher.ensure_fresh(grant)
-        return Credential("legacy", grant.access_token, grant)
+        grant = await grants.adopted_grant(refresh_token)
+        if grant is None:
+            epoch = grants.epoch
+            grant = await refresher.adopt(token, refresh_token)
+            grants.remember_adopted(refresh_token, grant, epoch)
+        fresh = await refresher.ensure_fresh(grant)
+        if fresh is not grant:
+            grants.remember(fresh)
+        return Credential("legacy", fresh.access_token, fresh)
     return Credential("passthrough", token)
 
 
@@ -204,10 +223,72 @@ async def helix_proxy(request: web.Request) -> web.StreamResponse:
                bucket="app" if credential.mode == "app" else None)  # request log, metrics
     await hold_grant_slot(request, credential)  # per-grant concurrency: 429 beyond it
     body = await _read_body(request) if request.can_read_body else b""
+    if request.method == "GET" and not body:
+        return await _shared_get(request, url, "/" + path, credential)
+    return await _forward(request, url, credential, body)
+
+
+def _ratelimit_bucket(credential: Credential) -> str:
+    """Twitch's rate-limit bucket: per user for user tokens, one for the app token."""
+    if credential.grant is not None:
+        grant = credential.grant
+        return f"user:{grant.user_id}" if grant.user_id else f"grant:{grant.grant_id}"
+    if credential.mode == "app":
+        return "app"
+    return "token:" + token_hash(credential.access_token)
+
+
+async def _shared_get(request: web.Request, url: URL, path: str,
+                      credential: Credential) -> web.Response:
+    """A GET answered by one upstream call shared with identical concurrent GETs.
+
+    Identical means same credential (grant), URL, Accept and Accept-Encoding;
+    the answer is read whole before anyone gets a copy. ``helix.cache`` may
+    keep it for a few seconds (see :mod:`proxy.cache`).
+    """
+    headers = request.headers
+    key = (_ratelimit_bucket(credential) if credential.grant is None
+           else credential.grant.grant_id,
+           str(url), headers.get("Accept"), headers.get("Accept-Encoding"))
+
+    own: list[web.Response] = []
+
+    async def fetch() -> SharedAnswer:
+        response = await _forward(request, url, credential, b"", whole=True)
+        assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+        own.append(response)
+        # A snapshot: the response's own headers change while it is sent (CORS).
+        return SharedAnswer(response.status, CIMultiDictProxy(CIMultiDict(response.headers)),
+                            response.body)
+
+    answer, from_cache = await request.app[shared_gets_key].fetch(key, path, fetch)
+    if own:
+        return own[0]  # this request made the call: its response needs no copy
+    response_headers = CIMultiDict(answer.headers)
+    if from_cache and credential.mode == "legacy":
+        for name in ("X-Access-Token", "X-Refresh-Token"):
+            response_headers.popall(name, None)
+    response = web.Response(status=answer.status, body=answer.body, headers=response_headers)
+    if from_cache:
+        _credential_headers(response, credential)  # the grant's pair as of now
+    return response
+
+
+async def _forward(request: web.Request, url: URL, credential: Credential, body: bytes,
+                   *, whole: bool = False) -> web.StreamResponse:
+    """Call Helix (refresh once on 401, retry a 503 once) and answer what it said.
+
+    ``whole`` reads the answer completely instead of streaming large ones.
+    """
+    app = request.app
+    config = app[config_key]
     session = app[http_session_key]
+    gate = app[ratelimit_gate_key]
+    bucket = _ratelimit_bucket(credential)
     retried_401 = retried_503 = False
 
     while True:
+        await gate.wait_turn(bucket)  # an empty bucket: wait for Ratelimit-Reset, or 429
         with upstream_errors():
             upstream = await session.request(
                 request.method, url, data=body or None,
@@ -215,6 +296,7 @@ async def helix_proxy(request: web.Request) -> web.StreamResponse:
                                           credential.access_token),
                 allow_redirects=False,
             )
+        gate.observe(bucket, upstream.status, upstream.headers)
         try:
             if upstream.status == 401 and not retried_401 and credential.mode != "passthrough":
                 with upstream_errors():
@@ -230,7 +312,7 @@ async def helix_proxy(request: web.Request) -> web.StreamResponse:
                 await asyncio.sleep(0.1)
                 continue
             check_gateway_answer(upstream.status, upstream.content_type)  # an HTML 5xx page
-            return await _relay(request, upstream, credential)
+            return await _relay(request, upstream, credential, whole=whole)
         finally:
             upstream.release()
 
@@ -275,10 +357,10 @@ def _answer(upstream: aiohttp.ClientResponse, payload: bytes,
 
 
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse,
-                 credential: Credential) -> web.StreamResponse:
-    """Pass Twitch's answer on: whole when small, streamed when large or unsized."""
+                 credential: Credential, *, whole: bool = False) -> web.StreamResponse:
+    """Pass Twitch's answer on: whole when small (or ``whole``), else streamed."""
     length = upstream.content_length
-    if length is not None and length <= _WHOLE_BODY_LIMIT:
+    if whole or (length is not None and length <= _WHOLE_BODY_LIMIT):
         with upstream_errors():
             payload = await upstream.read()
         return _answer(upstream, payload, credential)
@@ -309,3 +391,4 @@ def setup_helix(app: web.Application) -> None:
     """
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         app.router.add_route(method, "/helix/{path:.*}", helix_proxy)
+
