@@ -44,13 +44,35 @@ async def _until(condition, what: str, limit: float = 30) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _until_refused(base: URL) -> float:
+    """Wait until a new connection to ``base`` is refused; the seconds it took."""
+    started = asyncio.get_running_loop().time()
+    deadline = started + 30
+    while True:
+        try:
+            # A connection the kernel queued for a socket being closed may never
+            # be answered: give up on it quickly and try again.
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as fresh, \
+                    fresh.get(base / "healthz"):
+                pass
+        except aiohttp.ClientConnectorError:
+            return asyncio.get_running_loop().time() - started
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        assert asyncio.get_running_loop().time() < deadline, "still accepting after SIGTERM"
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("workers, slow", [(1, "helix"), (1, "refresh"), (2, "refresh")])
 async def test_sigterm_finishes_the_request_in_flight_and_exits_0(
         twitch_server, mock, tmp_path, workers, slow):
     port = free_port()
     store = f"sqlite:///{tmp_path}/tokens.sqlite3"
+    config = tmp_path / "config.yaml"
+    # Twitch's answer may be held for a while below: longer than the default timeout.
+    config.write_text("twitch:\n  timeout: 25\n")
     env = mock_environ(_mock_url(twitch_server), PORT=str(port), TOKEN_STORE_URL=store,
-                       WEB_CONCURRENCY=str(workers))
+                       WEB_CONCURRENCY=str(workers), PROXY_CONFIG=str(config))
     base = URL(f"http://127.0.0.1:{port}")
     process = start_proxy(env, tmp_path)
     try:
@@ -63,12 +85,18 @@ async def test_sigterm_finishes_the_request_in_flight_and_exits_0(
                 started = lambda: len(mock.helix_requests) > 0  # noqa: E731
             else:
                 mock.expire_access_tokens()  # the next Helix call refreshes first
-                mock.token_delay = 2.0
+                mock.hold_refresh = asyncio.Event()  # Twitch holds the refresh open
                 started = lambda: mock.calls["token:refresh_token"] > refreshes  # noqa: E731
             request = asyncio.ensure_future(session.get(
                 base / "helix" / "users", headers={"Authorization": f"Bearer {key}"}))
             await _until(started, "the request to reach Twitch")
             process.send_signal(signal.SIGTERM)
+            if mock.hold_refresh is not None:
+                # While the refresh is held, the proxy stops accepting connections...
+                await _until_refused(base)
+                # ...and once Twitch answers, the request in flight still completes.
+                mock.hold_refresh.set()
+                mock.hold_refresh = None
             async with await request as response:
                 assert response.status == 200, await response.text()
                 assert (await response.json())["data"][0]["login"] == "twitchdev"
