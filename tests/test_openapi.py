@@ -93,7 +93,7 @@ async def _fuzz(url: str, workdir: Path, *extra: str) -> tuple[int, str]:
         "--max-examples", str(MAX_EXAMPLES), "--max-time", str(MAX_SECONDS),
         "--phases", "examples,coverage,fuzzing", "--workers", "2",
         "--request-timeout", "20", "--generation-database", "none",
-        "--seed", SEED, "--no-color", *extra,
+        *(["--seed", SEED] if SEED != "random" else []), "--no-color", *extra,
         cwd=workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"},
     )
