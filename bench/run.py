@@ -223,6 +223,19 @@ def alternate(runs: dict[str, Callable[[], WrkResult]], pairs: int) -> dict[str,
     return results
 
 
+def redis_answers(url: str) -> bool:
+    """Whether a Redis answers PING at ``url``."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -314,6 +327,8 @@ class Bench:
     helix_url: str  # nginx, or the aiohttp fake when nginx is absent
     lines: list[str] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
+    redis_url: str = field(
+        default_factory=lambda: os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -323,7 +338,7 @@ class Bench:
         if store == "sqlite":
             url = f"sqlite:///{self.directory}/tokens-{secrets.token_hex(3)}.sqlite3"
         elif store == "redis":
-            url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+            url = self.redis_url
         else:
             url = "memory://"
         from cryptography.fernet import Fernet
@@ -570,8 +585,13 @@ def main(argv: list[str] | None = None) -> int:
                                           helix_url.removesuffix("/helix"))
             notes += scenario_4(bench)
             stores = {"sqlite": bench.setup("sqlite")}
-            if not args.no_redis:
+            if args.no_redis:
+                pass
+            elif redis_answers(bench.redis_url):
                 stores["redis"] = bench.setup("redis")
+            else:
+                notes.append(f"- Scenario 5 with Redis skipped: nothing answers at "
+                             f"{bench.redis_url} (set BENCH_REDIS_URL).")
             notes += scenario_5(bench, {name: (s, asyncio.run(s.seed()))
                                         for name, s in stores.items()})
             storm_lines = scenario_6(bench, 1) + scenario_6(bench, 2)
