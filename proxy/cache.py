@@ -167,7 +167,13 @@ class CachedGrantStore(GrantStore):
     async def watch(self) -> None:
         """Poll the marker forever (run as a task; cancel to stop)."""
         while True:
-            await self.check_generation()
+            try:
+                await self.check_generation()
+            except Exception:
+                # Never let the watcher die with the cache on: it would go stale.
+                log.exception("grant cache off: checking the change marker failed")
+                self._verified = False
+                self.drop()
             await asyncio.sleep(self.poll_interval)
 
     # -- writes: every one of these can change a cached lookup ---------------------------

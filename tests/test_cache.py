@@ -370,3 +370,27 @@ async def test_leaders_error_reaches_every_follower_once():
     # The flight is over: the next caller makes a new call.
     answer, _ = await shared.fetch("k", "/users", lambda: asyncio.sleep(0, _answer(b"x")))
     assert answer.body == b"x"
+
+
+@pytest.mark.parametrize("config_flags", [{"store.cache_poll": 0.01}])
+async def test_watcher_survives_an_unexpected_error(proxy, mock, caplog):
+    key = (await login(proxy))["proxy_key"]
+    grants = proxy.app[grant_cache_key]
+    store = proxy.app[store_key]
+    original = store.get
+    failures = []
+
+    async def flaky(name):
+        if name == GENERATION_KEY and not failures:
+            failures.append(name)
+            raise RuntimeError("something unforeseen")
+        return await original(name)
+
+    store.get = flaky
+    for _ in range(500):  # until the watcher has met the error and polled again
+        await asyncio.sleep(0.01)
+        if failures and grants._verified:
+            break
+    assert failures and grants._verified
+    assert "checking the change marker failed" in caplog.text
+    assert (await proxy.get("/helix/users", headers=bearer(key))).status == 200
