@@ -131,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"twitch-proxy: {exc}", file=sys.stderr)
         return 2
+    if mock_port is not None and config.server.workers > 1:
+        print("twitch-proxy: --mock-twitch runs the mock inside the proxy's process, "
+              "so it needs one worker (unset WEB_CONCURRENCY or pass --workers 1)",
+              file=sys.stderr)
+        return 2
     if args.check_config:
         print(f"configuration OK: store {config.store.url.split('://')[0]}, "
               f"listening on {config.server.host}:{config.server.port}, "

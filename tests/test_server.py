@@ -212,3 +212,14 @@ async def test_tls_serves_https_directly(twitch_server, tmp_path, workers):
     finally:
         code, output = await asyncio.to_thread(stop, process)
     assert code == 0, output
+
+
+def test_mock_twitch_mode_needs_one_worker(tmp_path):
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "--mock-twitch", "--workers", "2",
+         "--store", f"sqlite:///{tmp_path}/tokens.sqlite3", "--port", str(free_port())],
+        env=clean_environ(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "needs one worker" in result.stderr and "Traceback" not in result.stderr
