@@ -9,7 +9,11 @@ Where things are:
 - refresh happens in :mod:`proxy.refresh`, and only there,
 - everything said to Twitch goes through :mod:`proxy.twitch`,
 - every grant is validated hourly by :mod:`proxy.validator`,
-- ``twitch-proxy grants ...`` / ``keys ...`` are in :mod:`proxy.admin`.
+- ``twitch-proxy grants ...`` / ``keys ...`` are in :mod:`proxy.admin`,
+- serving (one process or gunicorn workers, SIGTERM, TLS) is :mod:`proxy.server`,
+- every request passes :mod:`proxy.requestlog` first (request id, one log line),
+  which believes ``X-Forwarded-*`` only through :mod:`proxy.forwarded`,
+- ``/metrics`` is :mod:`proxy.metrics`.
 """
 
 __version__ = "0.1.0"
