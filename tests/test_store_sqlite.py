@@ -231,3 +231,24 @@ def test_sqlite_path(url, path):
 async def test_bad_sqlite_urls_are_rejected(url):
     with pytest.raises(ValueError, match="SQLite store URL"):
         await open_store(url)
+
+
+async def test_reads_and_writes_of_two_connections_interleave_without_busy_errors(tmp_path):
+    """A read's open cursor must not make this connection's next write fail at once."""
+    path = tmp_path / "shared.sqlite3"
+    first, second = await SQLiteStore.open(path), await SQLiteStore.open(path)
+    try:
+        for n in range(300):
+            await first.put(f"k{n}", b"v" * 100)
+
+        async def mixed(store: SQLiteStore, n: int) -> None:
+            await asyncio.gather(store.get(f"k{n}"), store.keys("k"),
+                                 store.put(f"k{n}", b"w"),
+                                 store.compare_and_swap(f"c{n}", None, b"x", ttl=60))
+
+        # Each connection's busy_timeout covers waiting for the other's writes.
+        await asyncio.gather(*(mixed((first, second)[n % 2], n) for n in range(300)))
+        assert len(await second.keys("c")) == 300
+    finally:
+        await first.close()
+        await second.close()

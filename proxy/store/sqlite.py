@@ -146,9 +146,12 @@ class SQLiteStore:
                 return cursor.rowcount
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        # Executed and fetched in one call on the connection's thread: a cursor
+        # left open between the two keeps a read transaction open, and another
+        # task's write on this connection then fails at once with "database is
+        # locked" (SQLite cannot wait for the write lock in that state).
         with _unavailable_on_operational_errors():
-            async with self._db.execute(sql, tuple(params)) as cursor:
-                return list(await cursor.fetchall())
+            return list(await self._db.execute_fetchall(sql, tuple(params)))
 
     async def _maybe_purge(self, now: float) -> None:
         if now - self._last_purge >= _PURGE_INTERVAL:
