@@ -167,7 +167,9 @@ async def browser_login(session: aiohttp.ClientSession, base: URL) -> dict:
     async with session.get(base / "login", allow_redirects=False) as login:
         assert login.status == 302, await login.text()
         authorize = URL(login.headers["Location"])
-    async with session.get(authorize, allow_redirects=False) as consent:
+    # Connection: close, so the only connections the mock keeps are the proxies'.
+    async with session.get(authorize, allow_redirects=False,
+                           headers={"Connection": "close"}) as consent:
         assert consent.status == 302, await consent.text()
         back = URL(consent.headers["Location"])
     async with session.get(base / "callback", params=back.query,
@@ -232,7 +234,8 @@ async def test_a_process_killed_mid_refresh_loses_nothing(
     assert await doomed.process.wait() == -signal.SIGKILL
     with pytest.raises(aiohttp.ClientError):
         await in_flight
-    # The mock notices its caller vanished, so the held refresh is not processed.
+    # The mock notices its caller vanished (one of its connections, all from the
+    # proxies, closes), so the held refresh is not processed.
     while len(twitch_server.runner.server.connections) >= connections:
         await asyncio.sleep(0.01)
     held, mock.hold_refresh = mock.hold_refresh, None
