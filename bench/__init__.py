@@ -1,4 +1,4 @@
-"""The benchmark: ``python -m bench`` (see bench/README section in the top README).
+"""The benchmark: ``python -m bench`` (see "Performance" in README.md).
 
 Modules:
 
