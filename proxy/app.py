@@ -90,7 +90,6 @@ async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
         # for identity encoding because it parses its answers.
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=config.twitch.timeout),
-        trace_configs=[app[metrics_key].trace_config(config.twitch)],
     )
     app[http_session_key] = session
     yield
@@ -112,7 +111,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     except DecryptionFailed:
         await store.close()
         raise
-    twitch = TwitchClient(app[http_session_key], config.twitch)
+    twitch = TwitchClient(app[http_session_key], config.twitch,
+                          observe=app[metrics_key].upstream_answer)
     app[grants_key] = grants
     app[grant_cache_key] = grants
     app[twitch_key] = twitch

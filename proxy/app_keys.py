@@ -15,11 +15,13 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .ratelimit import RateLimitGate
     from .refresh import AppTokenProvider, Refresher
+    from .requestlog import RequestIds
     from .store.base import TokenStore
     from .twitch import TwitchClient
     from .validator import Validator
 
 __all__ = [
+    "request_ids_key",
     "abuse_guard_key",
     "app_token_key",
     "config_key",
@@ -48,3 +50,4 @@ shared_gets_key: web.AppKey[SharedGets] = web.AppKey("shared_gets_key")
 ratelimit_gate_key: web.AppKey[RateLimitGate] = web.AppKey("ratelimit_gate_key")
 validator_key: web.AppKey[Validator] = web.AppKey("validator_key")
 abuse_guard_key: web.AppKey[AbuseGuard] = web.AppKey("abuse_guard_key")
+request_ids_key: web.AppKey[RequestIds] = web.AppKey("request_ids_key")

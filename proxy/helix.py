@@ -42,6 +42,7 @@ from .app_keys import (
     config_key,
     grant_cache_key,
     http_session_key,
+    metrics_key,
     ratelimit_gate_key,
     refresher_key,
     shared_gets_key,
@@ -287,15 +288,23 @@ async def _forward(request: web.Request, url: URL, credential: Credential, body:
     bucket = _ratelimit_bucket(credential)
     retried_401 = retried_503 = False
 
+    metrics = app[metrics_key]
     while True:
         await gate.wait_turn(bucket)  # an empty bucket: wait for Ratelimit-Reset, or 429
-        with upstream_errors():
-            upstream = await session.request(
-                request.method, url, data=body or None,
-                headers=_upstream_headers(request, config.twitch.client_id,
-                                          credential.access_token),
-                allow_redirects=False,
-            )
+        started = time.perf_counter()
+        try:
+            with upstream_errors():
+                upstream = await session.request(
+                    request.method, url, data=body or None,
+                    headers=_upstream_headers(request, config.twitch.client_id,
+                                              credential.access_token),
+                    allow_redirects=False,
+                )
+        except BaseException:
+            metrics.upstream_answer("helix", None, time.perf_counter() - started)
+            raise
+        metrics.upstream_answer("helix", upstream.status, time.perf_counter() - started,
+                                upstream.headers.get("Ratelimit-Remaining"))
         gate.observe(bucket, upstream.status, upstream.headers)
         try:
             if upstream.status == 401 and not retried_401 and credential.mode != "passthrough":

@@ -31,17 +31,14 @@ same everywhere.
 from __future__ import annotations
 
 import secrets
-import time
 from collections import Counter as Tally
-from types import SimpleNamespace
+from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from .app_keys import config_key, grants_key, metrics_key
-from .config import TwitchConfig
 from .errors import json_error
 from .grants import ACTIVE, NEEDS_REAUTH
 from .refresh import RefreshOutcome
@@ -88,6 +85,9 @@ class Metrics:
             f"{_PREFIX}helix_ratelimit_remaining",
             "Twitch's Ratelimit-Remaining last seen, per rate-limit bucket (grant id).",
             ["bucket"], registry=r)
+        # Label children by label values, looked up once per series (hot path).
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._upstream_children: dict[tuple[str, int | None], tuple[Any, Any]] = {}
         # Every outcome shows from the start, at 0, so rates work from the first scrape.
         for outcome in (RefreshOutcome.SUCCESS, RefreshOutcome.COALESCED,
                         RefreshOutcome.PERMANENT_FAILURE, RefreshOutcome.TRANSIENT_FAILURE):
@@ -109,52 +109,40 @@ class Metrics:
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request (called by :mod:`proxy.requestlog`)."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_duration.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # labels() takes a lock and builds tuples: once per series
+            children = (self.requests.labels(route, method, str(status)),
+                        self.request_duration.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
-    def trace_config(self, twitch: TwitchConfig) -> aiohttp.TraceConfig:
-        """A client trace for the app's ClientSession: upstream latency and rate limits.
+    def upstream_answer(self, endpoint: str, status: int | None, seconds: float,
+                        remaining: str | None = None) -> None:
+        """Count one call to Twitch (``status`` None: it failed) and its latency.
 
-        It also puts Twitch's status into the current request's log record.
+        Called by :mod:`proxy.helix` and :class:`proxy.twitch.TwitchClient`
+        around their own calls: a client trace on the session would cost every
+        request aiohttp's whole tracing machinery.
         """
-        helix_base = twitch.helix_url.rstrip("/") + "/"
-
-        def endpoint_of(url: str) -> str:
-            if url.startswith(helix_base):
-                return "helix"
-            for name in ("token", "validate", "revoke"):
-                if url.split("?", 1)[0].endswith(f"/oauth2/{name}"):
-                    return name
-            return "other"
-
-        async def on_start(_: aiohttp.ClientSession, ctx: SimpleNamespace,
-                           params: aiohttp.TraceRequestStartParams) -> None:
-            ctx.started = time.monotonic()
-
-        async def on_end(_: aiohttp.ClientSession, ctx: SimpleNamespace,
-                         params: aiohttp.TraceRequestEndParams) -> None:
-            endpoint = endpoint_of(str(params.url))
-            self.upstream_duration.labels(endpoint).observe(time.monotonic() - ctx.started)
-            self.upstream_responses.labels(endpoint, str(params.response.status)).inc()
-            record = current_request()
-            if record is not None:
-                record.upstream_status = params.response.status
-            remaining = params.response.headers.get("Ratelimit-Remaining", "")
-            bucket = record.ratelimit_bucket if record is not None else None
-            if endpoint == "helix" and bucket and remaining.isdigit():
-                self.ratelimit_remaining.labels(bucket).set(int(remaining))
-
-        async def on_error(_: aiohttp.ClientSession, ctx: SimpleNamespace,
-                           params: aiohttp.TraceRequestExceptionParams) -> None:
-            endpoint = endpoint_of(str(params.url))
-            self.upstream_duration.labels(endpoint).observe(time.monotonic() - ctx.started)
-            self.upstream_responses.labels(endpoint, "error").inc()
-
-        trace = aiohttp.TraceConfig()
-        trace.on_request_start.append(on_start)
-        trace.on_request_end.append(on_end)
-        trace.on_request_exception.append(on_error)
-        return trace
+        key = (endpoint, status)
+        children = self._upstream_children.get(key)
+        if children is None:
+            children = (self.upstream_duration.labels(endpoint),
+                        self.upstream_responses.labels(endpoint,
+                                                       "error" if status is None else str(status)))
+            self._upstream_children[key] = children
+        children[0].observe(seconds)
+        children[1].inc()
+        record = current_request()
+        if record is None:
+            return
+        if status is not None:
+            record.upstream_status = status
+        bucket = record.ratelimit_bucket
+        if endpoint == "helix" and bucket and remaining and remaining.isdigit():
+            self.ratelimit_remaining.labels(bucket).set(int(remaining))
 
     async def count_grants(self, request: web.Request) -> None:
         """Set ``grants{state}`` from the store (at scrape time)."""

@@ -18,17 +18,18 @@ Code that learns which grant a request uses calls :func:`note_grant`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .app_keys import config_key, metrics_key
+from .app_keys import config_key, metrics_key, request_ids_key
 from .forwarded import client_address, forwarded_scheme
 
 __all__ = ["REQUEST_ID_HEADER", "RequestRecord", "current_request", "note_grant",
@@ -83,7 +84,8 @@ def _route_of(request: web.Request) -> str:
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """See the module docstring."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    record = RequestRecord(incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex)
+    record = RequestRecord(incoming if incoming and _REQUEST_ID.fullmatch(incoming)
+                           else request.app[request_ids_key].next_id())
     # Before the clone: aiohttp prepares plain answers with the original request.
     request[_record_key] = record
     _current.set(record)
@@ -133,6 +135,22 @@ async def _put_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers[REQUEST_ID_HEADER] = record.request_id
 
 
+class RequestIds:
+    """Made request ids: 32 hex digits, a random prefix per app and a counter.
+
+    Unique across workers and restarts, without asking the random source on
+    every request (uuid4 did, on the hot path).
+    """
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def next_id(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
 def setup_request_log(app: web.Application) -> None:
     """Send ``X-Request-Id`` on every answer, streamed ones included."""
+    app[request_ids_key] = RequestIds()
     app.on_response_prepare.append(_put_request_id)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -120,9 +120,12 @@ def _is_permanent_refusal(status: int, payload: Mapping[str, Any]) -> bool:
 class TwitchClient:
     """Token endpoint, validate and revoke, with failures mapped to proxy errors."""
 
-    def __init__(self, session: aiohttp.ClientSession, config: TwitchConfig) -> None:
+    def __init__(self, session: aiohttp.ClientSession, config: TwitchConfig, *,
+                 observe: Callable[[str, int | None, float], None] | None = None) -> None:
         self._session = session
         self._config = config
+        #: Told (endpoint, status or None, seconds) after every call (metrics).
+        self._observe = observe or (lambda endpoint, status, seconds: None)
         base = config.id_url.rstrip("/")
         self._token_url = f"{base}/oauth2/token"
         self._validate_url = f"{base}/oauth2/validate"
@@ -208,13 +211,19 @@ class TwitchClient:
                     data: Mapping[str, str] | None = None,
                     allow_empty: bool = False) -> tuple[int, dict[str, Any]]:
         """One request to Twitch: (status, JSON object); 5xx and faults raise."""
-        with upstream_errors():
-            async with self._session.request(
-                method, url, data=data, headers={**_OAUTH_HEADERS, **(headers or {})},
-                timeout=self._timeout, allow_redirects=False,
-            ) as response:
-                body = await read_limited(response, MAX_OAUTH_BODY)
-                status = response.status
+        answered: int | None = None
+        started = time.perf_counter()
+        try:
+            with upstream_errors():
+                async with self._session.request(
+                    method, url, data=data, headers={**_OAUTH_HEADERS, **(headers or {})},
+                    timeout=self._timeout, allow_redirects=False,
+                ) as response:
+                    body = await read_limited(response, MAX_OAUTH_BODY)
+                    answered = status = response.status
+        finally:
+            # "token", "validate" or "revoke"; None: no (whole) answer.
+            self._observe(url.rsplit("/", 1)[-1], answered, time.perf_counter() - started)
         if status >= 500:
             raise UpstreamUnavailable(f"Twitch answered {status}; try again shortly.")
         if not body and allow_empty:
