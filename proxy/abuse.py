@@ -62,7 +62,8 @@ __all__ = [
     "abuse_middleware",
     "check_helix_allowed",
     "handler_args",
-    "hold_grant_slot",
+    "acquire_upstream_slots",
+    "release_upstream_slots",
     "setup_abuse",
 ]
 
@@ -80,7 +81,6 @@ UPSTREAM_ROUTES = frozenset({"refresh", "callback"})
 MAX_TRACKED_ADDRESSES = 10_000
 
 #: The grant whose concurrency slot a request holds, released by the middleware.
-grant_slot_key = web.RequestKey("grant_slot_key", str)
 
 
 class Overloaded(ProxyError):
@@ -336,7 +336,7 @@ async def abuse_middleware(request: web.Request, handler: Handler) -> web.Stream
         _check_form_body(request, guard.limits.max_form_body)
 
     try:
-        if route == "helix" or route in UPSTREAM_ROUTES:
+        if route in UPSTREAM_ROUTES:  # /helix counts its upstream calls itself
             async with guard.upstream_slot():
                 response = await handler(request)
         else:
@@ -344,33 +344,42 @@ async def abuse_middleware(request: web.Request, handler: Handler) -> web.Stream
     except InvalidProxyKey:
         guard.invalid_keys.take(address)
         raise
-    finally:
-        slot = request.get(grant_slot_key)
-        if slot is not None:
-            guard.per_grant.release(slot)
     if response.status == 401 and route == "status" and request.method == "POST":
         guard.invalid_keys.take(address)  # the status page shows the refusal itself
     return response
 
 
-async def hold_grant_slot(request: web.Request, credential: Credential) -> None:
-    """Count this request against its grant's concurrency; 429 beyond the limit.
+def _grant_name(credential: Credential) -> str:
+    """The name a credential's grant is counted under (a bare token counts alone)."""
+    if credential.grant is not None:
+        return credential.grant.grant_id
+    if credential.mode == "app":
+        return "app"
+    return "token:" + token_hash(credential.access_token)
 
-    A bare Twitch token (passed through) counts as a grant of its own. The
-    slot is released by :func:`abuse_middleware` when the response is done.
+
+async def acquire_upstream_slots(request: web.Request, credential: Credential) -> str:
+    """One slot of the total and one of the grant's concurrency, for one Helix call.
+
+    Taken around the upstream call itself, not the whole request: widget
+    copies waiting on a shared GET cost Twitch nothing and hold no slot.
+    Returns the grant's name for :func:`release_upstream_slots`.
     """
     guard = request.app[abuse_guard_key]
-    if request.get(grant_slot_key) is not None:
-        return
-    if credential.grant is not None:
-        grant_name = credential.grant.grant_id
-    elif credential.mode == "app":
-        grant_name = "app"
-    else:
-        grant_name = "token:" + token_hash(credential.access_token)
-    if not await guard.per_grant.acquire(grant_name):
+    if not await guard.total.acquire(""):
+        raise Overloaded("The proxy is at its limit of requests to Twitch; retry shortly.")
+    name = _grant_name(credential)
+    if not await guard.per_grant.acquire(name):
+        guard.total.release("")
         raise RateLimited("Too many requests in flight for this grant.", retry_after=1)
-    request[grant_slot_key] = grant_name
+    return name
+
+
+def release_upstream_slots(request: web.Request, name: str) -> None:
+    """Give back what :func:`acquire_upstream_slots` took."""
+    guard = request.app[abuse_guard_key]
+    guard.per_grant.release(name)
+    guard.total.release("")
 
 
 def check_helix_allowed(request: web.Request, path: str) -> None:

@@ -36,7 +36,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .abuse import check_helix_allowed, hold_grant_slot
+from .abuse import acquire_upstream_slots, check_helix_allowed, release_upstream_slots
 from .app_keys import (
     app_token_key,
     config_key,
@@ -222,7 +222,6 @@ async def helix_proxy(request: web.Request) -> web.StreamResponse:
     credential = await resolve_credential(request)
     note_grant(credential.grant.grant_id if credential.grant else None,
                bucket="app" if credential.mode == "app" else None)  # request log, metrics
-    await hold_grant_slot(request, credential)  # per-grant concurrency: 429 beyond it
     body = await _read_body(request) if request.can_read_body else b""
     if request.method == "GET" and not body:
         return await _shared_get(request, url, "/" + path, credential)
@@ -281,14 +280,23 @@ async def _forward(request: web.Request, url: URL, credential: Credential, body:
 
     ``whole`` reads the answer completely instead of streaming large ones.
     """
+    # Concurrency limits (total: 503, per grant: 429) count calls to Twitch.
+    slot = await acquire_upstream_slots(request, credential)
+    try:
+        return await _call_helix(request, url, credential, body, whole=whole)
+    finally:
+        release_upstream_slots(request, slot)
+
+
+async def _call_helix(request: web.Request, url: URL, credential: Credential, body: bytes,
+                      *, whole: bool) -> web.StreamResponse:
     app = request.app
+    bucket = _ratelimit_bucket(credential)
     config = app[config_key]
     session = app[http_session_key]
     gate = app[ratelimit_gate_key]
-    bucket = _ratelimit_bucket(credential)
-    retried_401 = retried_503 = False
-
     metrics = app[metrics_key]
+    retried_401 = retried_503 = False
     while True:
         await gate.wait_turn(bucket)  # an empty bucket: wait for Ratelimit-Reset, or 429
         started = time.perf_counter()

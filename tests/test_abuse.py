@@ -215,8 +215,9 @@ async def test_concurrency_per_grant(aiohttp_client, twitch_server, mock, tmp_pa
                                  "limits.concurrency_wait": "0"})
     key = (await login(proxy))["proxy_key"]
     mock.helix_delay = 3  # long enough that all five overlap on any machine
-    responses = await asyncio.gather(*(proxy.get("/helix/users", headers=_bearer(key))
-                                       for _ in range(5)))
+    # Distinct URLs: five calls to Twitch (identical GETs would share one call).
+    responses = await asyncio.gather(*(proxy.get(f"/helix/users?login=twitchdev&n={n}",
+                                                 headers=_bearer(key)) for n in range(5)))
     statuses = sorted(r.status for r in responses)
     assert statuses == [200, 200, 429, 429, 429]
     for response in responses:
@@ -226,6 +227,20 @@ async def test_concurrency_per_grant(aiohttp_client, twitch_server, mock, tmp_pa
     assert (await proxy.get("/helix/users", headers=_bearer(key))).status == 200
 
 
+async def test_shared_gets_hold_no_grant_slot(aiohttp_client, twitch_server, mock, tmp_path):
+    proxy = await _proxy_with(aiohttp_client, twitch_server, tmp_path,
+                              **{"limits.concurrent_per_grant": "2",
+                                 "limits.concurrency_wait": "0"})
+    key = (await login(proxy))["proxy_key"]
+    mock.helix_delay = 1
+    before = len(mock.helix_requests)
+    # Twenty widget copies asking the same thing cost Twitch one call: no 429.
+    responses = await asyncio.gather(*(proxy.get("/helix/users", headers=_bearer(key))
+                                       for _ in range(20)))
+    assert [r.status for r in responses] == [200] * 20
+    assert len(mock.helix_requests) == before + 1
+
+
 async def test_concurrency_per_grant_waits_briefly(aiohttp_client, twitch_server, mock,
                                                    tmp_path):
     proxy = await _proxy_with(aiohttp_client, twitch_server, tmp_path,
@@ -233,9 +248,11 @@ async def test_concurrency_per_grant_waits_briefly(aiohttp_client, twitch_server
                                  "limits.concurrency_wait": "30"})
     key = (await login(proxy))["proxy_key"]
     mock.helix_delay = 0.2
-    responses = await asyncio.gather(*(proxy.get("/helix/users", headers=_bearer(key))
-                                       for _ in range(6)))
+    before = len(mock.helix_requests)
+    responses = await asyncio.gather(*(proxy.get(f"/helix/users?n={n}", headers=_bearer(key))
+                                       for n in range(6)))
     assert [r.status for r in responses] == [200] * 6
+    assert len(mock.helix_requests) == before + 6
 
 
 async def test_concurrency_in_total(aiohttp_client, twitch_server, mock, tmp_path,
@@ -249,8 +266,8 @@ async def test_concurrency_in_total(aiohttp_client, twitch_server, mock, tmp_pat
     slow = asyncio.ensure_future(proxy.get("/helix/users", headers=_bearer(key)))
     while len(mock.helix_requests) == before:  # the slow one is now at "Twitch"
         await asyncio.sleep(0.01)
-    body = await _rejected(reliability, await proxy.get("/helix/users", headers=_bearer(key)),
-                           503)
+    body = await _rejected(reliability, await proxy.get("/helix/users?another=1",
+                                                        headers=_bearer(key)), 503)
     assert body["error"] == "overloaded"
     assert (await proxy.get("/healthz")).status == 200  # not upstream work
     assert (await slow).status == 200
