@@ -15,11 +15,12 @@ from urllib.parse import unquote, urlsplit
 from .base import (
     DEFAULT_LOCK_LEASE,
     DEFAULT_LOCK_WAIT,
+    DEFAULT_PREFIX,
     LockTimeout,
     StoreUnavailable,
     TokenStore,
 )
-from .memory import DEFAULT_PREFIX, MemoryStore
+from .memory import MemoryStore
 from .redis import RedisStore
 from .sqlite import SQLiteStore
 

@@ -8,88 +8,24 @@ also uses to keep one process's waiters from all polling the database.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from .base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT, LockTimeout
+from .base import (
+    DEFAULT_LOCK_LEASE,
+    DEFAULT_LOCK_WAIT,
+    DEFAULT_PREFIX,
+    LeaseLockTable,
+    check_lock_args,
+    check_ttl,
+)
 
-__all__ = ["DEFAULT_PREFIX", "LeaseLockTable", "MemoryStore", "check_lock_args", "check_ttl"]
-
-#: Prefix every backend puts in front of its keys and lock names by default.
-DEFAULT_PREFIX = "twitch-proxy:"
+__all__ = ["MemoryStore"]
 
 # Expired entries nobody reads again (abandoned OAuth states) are swept at
 # most this often, on a write, so a long-running process does not grow.
 _SWEEP_INTERVAL = 60.0
-
-
-def check_ttl(ttl: float | None) -> None:
-    """Reject a ``ttl`` that is not a positive number of seconds (every backend agrees)."""
-    if ttl is not None and not ttl > 0:
-        raise ValueError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
-
-
-def check_lock_args(lease: float, wait: float) -> None:
-    """Reject a non-positive ``lease`` or a negative ``wait`` (every backend agrees)."""
-    if not lease > 0:
-        raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
-    if not wait >= 0:
-        raise ValueError(f"wait must be zero or more seconds, not {wait!r}")
-
-
-@dataclass
-class _Holder:
-    owner: object
-    expires_at: float
-    released: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class LeaseLockTable:
-    """Exclusive per-name locks for the tasks of one event loop, each with a lease.
-
-    A holder keeps its lock until it releases it or its lease runs out,
-    whichever comes first; then the next waiter takes it over. Releasing a
-    lock that was taken over since is a no-op, so a slow holder never frees
-    its successor's lock.
-    """
-
-    def __init__(self) -> None:
-        self._holders: dict[str, _Holder] = {}
-
-    async def acquire(self, name: str, *, lease: float, wait: float) -> object:
-        """Take the lock for ``name``; return the owner token :meth:`release` needs.
-
-        Raises :class:`LockTimeout` when the lock is still held after ``wait`` seconds.
-        """
-        owner = object()
-        deadline = time.monotonic() + wait
-        while True:
-            now = time.monotonic()
-            holder = self._holders.get(name)
-            if holder is None or holder.expires_at <= now:
-                self._holders[name] = _Holder(owner, now + lease)
-                return owner
-            remaining = deadline - now
-            if remaining <= 0:
-                raise LockTimeout("Timed out waiting for a lock held by another request.")
-            # Wake on release, at the holder's lease end, or when our wait runs out.
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
-            # cancellation that arrives as the release does, and we would take the lock.
-            with suppress(TimeoutError):
-                async with asyncio.timeout(min(remaining, holder.expires_at - now)):
-                    await holder.released.wait()
-
-    def release(self, name: str, owner: object) -> bool:
-        """Release ``name`` if ``owner`` still holds it; say whether it did."""
-        holder = self._holders.get(name)
-        if holder is None or holder.owner is not owner:
-            return False
-        del self._holders[name]
-        holder.released.set()
-        return True
 
 
 class MemoryStore:

@@ -25,8 +25,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio
 import redis.exceptions
 
-from .base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT, LockTimeout, StoreUnavailable
-from .memory import DEFAULT_PREFIX, check_lock_args, check_ttl
+from .base import (
+    DEFAULT_LOCK_LEASE,
+    DEFAULT_LOCK_WAIT,
+    DEFAULT_PREFIX,
+    LockTimeout,
+    StoreUnavailable,
+    check_lock_args,
+    check_ttl,
+)
 
 __all__ = ["RedisStore"]
 

@@ -33,8 +33,16 @@ from typing import Any
 
 import aiosqlite
 
-from .base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT, LockTimeout, StoreUnavailable
-from .memory import DEFAULT_PREFIX, LeaseLockTable, check_lock_args, check_ttl
+from .base import (
+    DEFAULT_LOCK_LEASE,
+    DEFAULT_LOCK_WAIT,
+    DEFAULT_PREFIX,
+    LeaseLockTable,
+    LockTimeout,
+    StoreUnavailable,
+    check_lock_args,
+    check_ttl,
+)
 
 __all__ = ["SQLiteStore"]
 
