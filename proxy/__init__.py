@@ -7,7 +7,7 @@ Where things are:
 - ``/helix/*`` is in :mod:`proxy.helix`,
 - tokens live in :mod:`proxy.grants` on top of a :mod:`proxy.store` backend,
 - refresh happens in :mod:`proxy.refresh`, and only there,
-- everything said to Twitch goes through :mod:`proxy.twitch`,
+- everything said to Twitch's OAuth server goes through :mod:`proxy.twitch`,
 - every grant is validated hourly by :mod:`proxy.validator`,
 - ``twitch-proxy grants ...`` / ``keys ...`` are in :mod:`proxy.admin`,
 - serving (one process or gunicorn workers, SIGTERM, TLS) is :mod:`proxy.server`,

@@ -45,7 +45,15 @@ from multidict import CIMultiDictProxy
 
 from .app_keys import config_key, grant_cache_key, shared_gets_key
 from .crypto import Cipher
-from .grants import Grant, GrantStore, KeyRecord, LoadedGrant, RefreshTokenKind, token_hash
+from .grants import (
+    Grant,
+    GrantStore,
+    KeyRecord,
+    LoadedGrant,
+    RefreshTokenKind,
+    RefreshTokenRef,
+    token_hash,
+)
 from .store.base import StoreUnavailable, TokenStore
 
 __all__ = ["GENERATION_KEY", "CachedGrantStore", "SharedAnswer", "SharedGets", "cache_ttl",
@@ -55,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: Store key whose value changes on every write a cached lookup depends on.
 GENERATION_KEY = "cache:generation"
+#: Seconds a remembered refresh-token lookup is trusted (see find_refresh_token).
+REFRESH_REF_TTL = 1.0
 
 #: Most answers kept by the TTL cache; beyond it expired ones are purged first,
 #: then the oldest.
@@ -76,6 +86,8 @@ class CachedGrantStore(GrantStore):
         self._keys: dict[str, KeyRecord] = {}
         self._grants: dict[str, Grant] = {}
         self._adopted: dict[str, str] = {}  # sha256(refresh token) -> grant id
+        # sha256(refresh token) -> (its index entry, trusted until this monotonic time)
+        self._refresh_refs: dict[str, tuple[RefreshTokenRef, float]] = {}
         self._generation: bytes | None = None
         self._verified = False  # True once the marker was read and while it can be
         self._epoch = 0
@@ -110,6 +122,24 @@ class CachedGrantStore(GrantStore):
         grant_id = self._adopted.get(token_hash(refresh_token))
         return None if grant_id is None else await self.cached_grant(grant_id)
 
+    async def find_refresh_token(self, token: str) -> RefreshTokenRef | None:
+        """The index entry of a refresh token, from memory for a moment.
+
+        Entries of rotated tokens expire in the store without a write that
+        would drop this cache, so a remembered lookup is trusted only for
+        :data:`REFRESH_REF_TTL` seconds (the replay window ends at most that late).
+        """
+        digest = token_hash(token)
+        now = time.monotonic()
+        hit = self._refresh_refs.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        epoch = self._epoch
+        ref = await super().find_refresh_token(token)
+        if ref is not None and self._cacheable(epoch):
+            self._refresh_refs[digest] = (ref, now + REFRESH_REF_TTL)
+        return ref
+
     @property
     def epoch(self) -> int:
         """Changes whenever the cache is dropped (see :meth:`remember_adopted`)."""
@@ -141,6 +171,7 @@ class CachedGrantStore(GrantStore):
         self._keys.clear()
         self._grants.clear()
         self._adopted.clear()
+        self._refresh_refs.clear()
 
     async def _changed(self) -> None:
         """After a write: drop here, and tell the other processes."""

@@ -148,6 +148,15 @@ class GrantStore:
         loaded = await self.load(grant_id)
         return loaded.grant if loaded else None
 
+    async def cached_grant(self, grant_id: str) -> Grant | None:
+        """The grant for a lookup that may be a moment stale (see proxy.cache).
+
+        Here it always reads the store; :class:`proxy.cache.CachedGrantStore`
+        answers from memory. Never use it to decide a refresh: that reloads
+        under the lock.
+        """
+        return await self.get(grant_id)
+
     async def create(self, grant: Grant) -> LoadedGrant:
         """Store a new grant and index its refresh token (and user)."""
         raw = self._cipher.encrypt(grant.to_bytes())

@@ -118,7 +118,8 @@ class Refresher:
         """
         ref = await self._grants.find_refresh_token(refresh_token)
         if ref is not None:
-            grant = await self._grants.get(ref.grant_id)
+            # A moment-stale grant is fine here: a refresh reloads under the lock.
+            grant = await self._grants.cached_grant(ref.grant_id)
             if grant is not None:
                 if grant.refresh_token == refresh_token:
                     if grant.state != ACTIVE:

@@ -69,6 +69,23 @@ async def test_cache_poll_zero_reads_the_store_every_time(proxy, mock):
 
 
 @pytest.mark.parametrize("config_flags", [NO_POLL])
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_replayed_refresh_token_answered_from_memory(proxy, mock):
+    tokens = await login(proxy)
+    first = await (await proxy.post("/refresh", json={"refresh_token": tokens["refresh_token"]}))\
+        .json()
+    # Widget copies still holding the rotated token: one store lookup, then memory.
+    assert (await proxy.post("/refresh", json={"refresh_token": tokens["refresh_token"]})) \
+        .status == 200
+    reads = CountingGets(proxy.app)
+    for _ in range(5):
+        response = await proxy.post("/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert (await response.json())["refresh_token"] == first["refresh_token"]
+    assert reads.count == 0
+    assert mock.calls["token:refresh_token"] == 1
+
+
+@pytest.mark.parametrize("config_flags", [NO_POLL])
 async def test_old_widget_pair_cached_after_adoption(proxy, mock):
     tokens = mock.issue_tokens("141981764", ["user:read:email"])
     headers = {**bearer(tokens["access_token"]), "X-Refresh-Token": tokens["refresh_token"]}
