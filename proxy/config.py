@@ -130,6 +130,12 @@ class StoreConfig:
         "Fernet key(s), comma-separated (first encrypts, all decrypt).",
         default=Secret(""),
     )
+    redis_tls_verify: bool = _env(
+        "REDIS_TLS_VERIFY",
+        "false: accept a rediss:// server's self-signed certificate (Heroku Redis), as "
+        "if the URL had ?ssl_cert_reqs=none.",
+        default=True,
+    )
     lock_lease: float = _doc(
         "Seconds a refresh lock outlives a process that died holding it "
         "(longer than twitch.timeout).",
@@ -435,7 +441,7 @@ def load_config(
 
 
 def _fill_derived(config: Config) -> Config:
-    """Defaults that depend on other values (public_url, allowed_scopes)."""
+    """Values that depend on other values (public_url, allowed_scopes, store URL)."""
     server = config.server
     if not server.public_url:
         server = dataclasses.replace(server, public_url=default_public_url(server))
@@ -444,7 +450,14 @@ def _fill_derived(config: Config) -> Config:
     twitch = config.twitch
     if not twitch.allowed_scopes:
         twitch = dataclasses.replace(twitch, allowed_scopes=twitch.scopes)
-    return dataclasses.replace(config, server=server, twitch=twitch)
+    store = config.store
+    if not store.redis_tls_verify and store.url.startswith("rediss://") \
+            and "ssl_cert_reqs" not in URL(store.url).query:
+        # Heroku's add-on sets REDIS_URL without it, and rotates the URL: an
+        # operator cannot keep a hand-edited copy current.
+        store = dataclasses.replace(
+            store, url=str(URL(store.url).update_query(ssl_cert_reqs="none")))
+    return dataclasses.replace(config, server=server, twitch=twitch, store=store)
 
 
 def default_public_url(server: ServerConfig) -> str:

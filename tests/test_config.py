@@ -146,3 +146,20 @@ def test_lock_lease_outlasts_the_twitch_timeout_and_validation_needs_an_interval
     config_file.write_text("")
     defaults = load_config(path=config_file, environ=CREDENTIALS)
     assert (defaults.store.lock_lease, defaults.auth.validate_interval) == (30.0, 3600.0)
+
+
+def test_redis_tls_verify_false_adds_ssl_cert_reqs_to_a_rediss_url(config_file):
+    key = Fernet.generate_key().decode()
+    env = {**CREDENTIALS, "TOKEN_ENCRYPTION_KEY": key,
+           "REDIS_URL": "rediss://:pw@h.example:6380/0"}
+    assert load_config(path=config_file, environ=env).store.url == \
+        "rediss://:pw@h.example:6380/0"  # verified by default
+    relaxed = load_config(path=config_file, environ={**env, "REDIS_TLS_VERIFY": "false"})
+    assert relaxed.store.url == "rediss://:pw@h.example:6380/0?ssl_cert_reqs=none"
+    explicit = load_config(path=config_file, environ={
+        **env, "REDIS_TLS_VERIFY": "false",
+        "REDIS_URL": "rediss://h.example:6380/0?ssl_cert_reqs=required"})
+    assert explicit.store.url.endswith("ssl_cert_reqs=required")  # the URL's own choice wins
+    plain = load_config(path=config_file, environ={
+        **env, "REDIS_TLS_VERIFY": "false", "REDIS_URL": "redis://h.example:6379/0"})
+    assert plain.store.url == "redis://h.example:6379/0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import uuid
@@ -10,7 +11,9 @@ from contextlib import suppress
 
 import pytest
 import redis.asyncio
+from cryptography.fernet import Fernet
 
+from proxy.config import load_config
 from proxy.store import LockTimeout, RedisStore, StoreUnavailable, open_store
 from tests.store_contract import StoreContract
 
@@ -216,3 +219,18 @@ async def test_cancel_swallowed_by_the_client_still_stops_a_waiter(make_store, m
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiter, 1)
     assert calls == 1
+
+
+async def test_redis_tls_verify_false_reaches_a_self_signed_server(redis_tls_url):
+    # What a Heroku deploy does: the add-on's URL as it is, plus REDIS_TLS_VERIFY=false.
+    config = load_config(path=os.devnull, environ={
+        "TWITCH_CLIENT_ID": "id", "TWITCH_CLIENT_SECRET": "secret",
+        "TOKEN_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "REDIS_URL": redis_tls_url, "REDIS_TLS_VERIFY": "false"})
+    store = await open_store(config.store.url, prefix="tls-verify-test:")
+    try:
+        await store.put("k", b"v")
+        assert await store.get("k") == b"v"
+        await store.delete("k")
+    finally:
+        await store.close()
