@@ -252,3 +252,63 @@ async def test_reads_and_writes_of_two_connections_interleave_without_busy_error
     finally:
         await first.close()
         await second.close()
+
+
+
+class _LockedWalSwitch:
+    """An aiosqlite connection whose first ``failures`` WAL switches find the file locked.
+
+    What a worker sees when others switch the same fresh file at once: SQLite
+    answers "database is locked" at once (no busy wait, it would deadlock).
+    A standalone run of 6 processes x 60 fresh files hit it in 3 rounds.
+    """
+
+    def __init__(self, connection: aiosqlite.Connection, failures: int) -> None:
+        self._connection = connection
+        self.failures = failures
+        self.attempts = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._connection, name)
+
+    def execute(self, sql: str, *args):
+        if sql == "PRAGMA journal_mode = WAL":
+            self.attempts += 1
+            if self.attempts <= self.failures:
+                async def locked():
+                    raise sqlite3.OperationalError("database is locked")
+                return _Awaitable(locked())
+        return self._connection.execute(sql, *args)
+
+
+class _Awaitable:
+    def __init__(self, coroutine) -> None:
+        self._coroutine = coroutine
+
+    def __await__(self):
+        return self._coroutine.__await__()
+
+
+async def test_wal_switch_is_retried_while_another_worker_holds_the_file(tmp_path):
+    connection = await aiosqlite.connect(tmp_path / "fresh.sqlite3", isolation_level=None)
+    flaky = _LockedWalSwitch(connection, failures=3)
+    store = SQLiteStore(flaky, busy_timeout=5.0, close_connection=True)  # type: ignore[arg-type]
+    try:
+        await store.prepare()
+        assert flaky.attempts == 4
+        await store.put("k", b"v")
+        assert await store.get("k") == b"v"
+    finally:
+        await store.close()
+
+
+async def test_wal_switch_gives_up_after_the_busy_timeout(tmp_path):
+    connection = await aiosqlite.connect(tmp_path / "fresh.sqlite3", isolation_level=None)
+    flaky = _LockedWalSwitch(connection, failures=10_000)
+    store = SQLiteStore(flaky, busy_timeout=0.2, close_connection=True)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.prepare()
+        assert flaky.attempts > 1
+    finally:
+        await store.close()

@@ -142,10 +142,30 @@ class SQLiteStore:
         await self._run(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         # WAL lets readers and one writer work at once; NORMAL sync is safe in WAL
         # (a power cut may lose the last commits, never corrupt the file).
-        await self._run("PRAGMA journal_mode = WAL")
+        await self._switch_to_wal()
         await self._run("PRAGMA synchronous = NORMAL")
         for statement in _SCHEMA:
             await self._run(statement)
+
+    async def _switch_to_wal(self) -> None:
+        """``PRAGMA journal_mode = WAL``, retried while another process does the same.
+
+        Workers starting together on a fresh file all switch it at once; SQLite
+        answers "database is locked" at once to all but one of them, without
+        waiting for busy_timeout (it would deadlock), so the wait is ours.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        delay = _POLL_FIRST
+        while True:
+            try:
+                await self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    with _unavailable_on_operational_errors():
+                        raise
+            await asyncio.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, _POLL_MAX)
 
     async def _run(self, sql: str, params: Iterable[Any] = ()) -> int:
         """Execute one statement; return how many rows it changed."""
