@@ -88,6 +88,7 @@ class Metrics:
         # Label children by label values, looked up once per series (hot path).
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._upstream_children: dict[tuple[str, int | None], tuple[Any, Any]] = {}
+        self._ratelimit_children: dict[str, Any] = {}
         # Every outcome shows from the start, at 0, so rates work from the first scrape.
         for outcome in (RefreshOutcome.SUCCESS, RefreshOutcome.COALESCED,
                         RefreshOutcome.PERMANENT_FAILURE, RefreshOutcome.TRANSIENT_FAILURE):
@@ -142,7 +143,10 @@ class Metrics:
             record.upstream_status = status
         bucket = record.ratelimit_bucket
         if endpoint == "helix" and bucket and remaining and remaining.isdigit():
-            self.ratelimit_remaining.labels(bucket).set(int(remaining))
+            gauge = self._ratelimit_children.get(bucket)
+            if gauge is None:
+                gauge = self._ratelimit_children[bucket] = self.ratelimit_remaining.labels(bucket)
+            gauge.set(int(remaining))
 
     async def count_grants(self, request: web.Request) -> None:
         """Set ``grants{state}`` from the store (at scrape time)."""
