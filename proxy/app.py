@@ -32,6 +32,7 @@ from .app_keys import (
     config_key,
     grant_cache_key,
     grants_key,
+    helix_client_key,
     http_session_key,
     metrics_key,
     refresher_key,
@@ -52,6 +53,7 @@ from .crypto import (
 from .errors import error_middleware
 from .health import setup_health
 from .helix import setup_helix
+from .helix_client import HelixClient
 from .metrics import setup_metrics
 from .oauth import setup_oauth
 from .openapi import setup_openapi
@@ -77,7 +79,7 @@ def cipher_for(config: Config) -> Cipher:
 
 
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession for every call to Twitch, closed at shutdown."""
+    """The HTTP clients for Twitch (OAuth and Helix), closed at shutdown."""
     config = app[config_key]
     connector = aiohttp.TCPConnector(limit=config.helix.pool_size,
                                      limit_per_host=config.helix.pool_size, ttl_dns_cache=300,
@@ -92,7 +94,11 @@ async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=config.twitch.timeout),
     )
     app[http_session_key] = session
+    # /helix's calls go through a leaner client of their own (proxy.helix_client).
+    app[helix_client_key] = HelixClient(pool_size=config.helix.pool_size,
+                                        timeout=config.twitch.timeout, keepalive=30)
     yield
+    await app[helix_client_key].close()
     await session.close()
 
 

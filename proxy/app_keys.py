@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .cache import CachedGrantStore, SharedGets
     from .config import Config
     from .grants import GrantStore
+    from .helix_client import HelixClient
     from .metrics import Metrics
     from .ratelimit import RateLimitGate
     from .refresh import AppTokenProvider, Refresher
@@ -27,6 +28,7 @@ __all__ = [
     "config_key",
     "grant_cache_key",
     "grants_key",
+    "helix_client_key",
     "http_session_key",
     "metrics_key",
     "ratelimit_gate_key",
@@ -39,6 +41,7 @@ __all__ = [
 
 config_key: web.AppKey[Config] = web.AppKey("config_key")
 http_session_key = web.AppKey("http_session_key", aiohttp.ClientSession)
+helix_client_key: web.AppKey[HelixClient] = web.AppKey("helix_client_key")
 store_key: web.AppKey[TokenStore] = web.AppKey("store_key")
 grants_key: web.AppKey[GrantStore] = web.AppKey("grants_key")
 twitch_key: web.AppKey[TwitchClient] = web.AppKey("twitch_key")

@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -41,7 +40,7 @@ from .app_keys import (
     app_token_key,
     config_key,
     grant_cache_key,
-    http_session_key,
+    helix_client_key,
     metrics_key,
     ratelimit_gate_key,
     refresher_key,
@@ -51,6 +50,7 @@ from .app_keys import (
 from .cache import SharedAnswer
 from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge
 from .grants import PROXY_KEY_PREFIX, Grant, token_hash
+from .helix_client import HelixResponse, UpstreamError
 from .requestlog import note_grant
 from .twitch import check_gateway_answer, upstream_errors
 
@@ -185,11 +185,12 @@ async def _read_body(request: web.Request) -> bytes:
     return body
 
 
-def _upstream_headers(request: web.Request, client_id: str, token: str) -> dict[str, str]:
-    headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS
-               if name in request.headers}
-    headers["Client-Id"] = client_id
-    headers["Authorization"] = f"Bearer {token}"
+def _upstream_headers(request: web.Request, client_id: str,
+                      token: str) -> list[tuple[str, str]]:
+    incoming = request.headers
+    headers = [(name, incoming[name]) for name in FORWARDED_REQUEST_HEADERS if name in incoming]
+    headers.append(("Client-Id", client_id))
+    headers.append(("Authorization", f"Bearer {token}"))
     return headers
 
 
@@ -293,7 +294,7 @@ async def _call_helix(request: web.Request, url: URL, credential: Credential, bo
     app = request.app
     bucket = _ratelimit_bucket(credential)
     config = app[config_key]
-    session = app[http_session_key]
+    client = app[helix_client_key]
     gate = app[ratelimit_gate_key]
     metrics = app[metrics_key]
     retried_401 = retried_503 = False
@@ -302,12 +303,10 @@ async def _call_helix(request: web.Request, url: URL, credential: Credential, bo
         started = time.perf_counter()
         try:
             with upstream_errors():
-                upstream = await session.request(
-                    request.method, url, data=body or None,
-                    headers=_upstream_headers(request, config.twitch.client_id,
-                                              credential.access_token),
-                    allow_redirects=False,
-                )
+                upstream = await client.request(
+                    request.method, url,
+                    _upstream_headers(request, config.twitch.client_id, credential.access_token),
+                    body)
         except BaseException:
             metrics.upstream_answer("helix", None, time.perf_counter() - started)
             raise
@@ -361,7 +360,7 @@ def _credential_headers(response: web.StreamResponse, credential: Credential) ->
         response.headers["Cache-Control"] = "no-store"
 
 
-def _answer(upstream: aiohttp.ClientResponse, payload: bytes,
+def _answer(upstream: HelixResponse, payload: bytes,
             credential: Credential) -> web.Response:
     """Twitch's answer with a body already read."""
     headers = _response_headers(upstream.headers)
@@ -373,7 +372,7 @@ def _answer(upstream: aiohttp.ClientResponse, payload: bytes,
     return response
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse,
+async def _relay(request: web.Request, upstream: HelixResponse,
                  credential: Credential, *, whole: bool = False) -> web.StreamResponse:
     """Pass Twitch's answer on: whole when small (or ``whole``), else streamed."""
     length = upstream.content_length
@@ -388,9 +387,9 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse,
     _credential_headers(response, credential)
     await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_chunks():
             await response.write(chunk)
-    except (aiohttp.ClientError, TimeoutError):
+    except (UpstreamError, TimeoutError):
         # The status line is gone already: cut the connection so the client
         # sees a broken response instead of a silently truncated one.
         log.warning("upstream body broke off after the headers were sent; closing")

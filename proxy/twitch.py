@@ -31,6 +31,7 @@ from .errors import (
     UpstreamUnavailable,
     UpstreamUnreachable,
 )
+from .helix_client import ConnectFailed, UpstreamError
 
 __all__ = ["Identity", "TokenSet", "TwitchClient", "check_gateway_answer", "read_limited",
            "upstream_errors"]
@@ -89,9 +90,9 @@ def upstream_errors() -> Iterator[None]:
         yield
     except TimeoutError:
         raise UpstreamTimeout("Twitch did not answer in time.") from None
-    except aiohttp.ClientConnectorError:
+    except (aiohttp.ClientConnectorError, ConnectFailed):
         raise UpstreamUnreachable("Twitch could not be reached.") from None
-    except aiohttp.ClientError:
+    except (aiohttp.ClientError, UpstreamError):
         raise UpstreamUnreachable("The connection to Twitch failed.") from None
 
 
