@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .app_keys import config_key, grant_cache_key, shared_gets_key
 from .crypto import Cipher
@@ -258,13 +259,22 @@ class CachedGrantStore(GrantStore):
 
 @dataclass(frozen=True)
 class SharedAnswer:
-    """An upstream answer read whole, which any number of callers may copy."""
+    """An upstream answer read whole, which any number of callers may copy.
+
+    ``headers`` may be the leader's own response headers, which change while
+    that response is sent (CORS, request id): :meth:`SharedGets.fetch` calls
+    :meth:`frozen` before anyone else may see them.
+    """
 
     status: int
-    headers: CIMultiDictProxy[str]
+    headers: CIMultiDict[str] | CIMultiDictProxy[str]
     body: bytes
     #: Whatever the fetching code wants its followers to know (the credential).
     context: Any = None
+
+    def frozen(self) -> SharedAnswer:
+        """A copy whose headers nobody else holds."""
+        return dataclasses.replace(self, headers=CIMultiDictProxy(CIMultiDict(self.headers)))
 
 
 def cache_ttl(configured: float, headers: Mapping[str, str]) -> float:
@@ -293,6 +303,9 @@ class SharedGets:
     def __init__(self, ttls: Mapping[str, float]) -> None:
         self._ttls = {path.rstrip("/") or "/": ttl for path, ttl in ttls.items() if ttl > 0}
         self._flights: dict[Hashable, asyncio.Future[SharedAnswer]] = {}
+        #: Callers waiting on each flight: the leader's answer is only copied
+        #: for them (or for the TTL cache), not on every request.
+        self._followers: dict[Hashable, int] = {}
         self._kept: dict[Hashable, tuple[float, SharedAnswer]] = {}
 
     async def fetch(self, key: Hashable, path: str,
@@ -308,11 +321,16 @@ class SharedGets:
                 return kept[1], True
             del self._kept[key]
         while (flight := self._flights.get(key)) is not None:
+            self._followers[key] = self._followers.get(key, 0) + 1
             try:
                 # shield: a follower hanging up must not cancel the leader's call.
                 return await asyncio.shield(flight), False
             except _LeaderGone:
                 continue  # the leader was cancelled: the next caller leads
+            finally:
+                self._followers[key] -= 1
+                if not self._followers[key]:
+                    del self._followers[key]
         # The first caller makes the call itself (no task per request: this is
         # the hot path) and hands its answer, or its error, to the followers.
         flight = asyncio.get_running_loop().create_future()
@@ -326,12 +344,14 @@ class SharedGets:
             raise
         finally:
             del self._flights[key]
-        flight.set_result(answer)
         configured = self._ttls.get(path)
-        if configured and answer.status == 200:
-            ttl = cache_ttl(configured, answer.headers)
+        ttl = cache_ttl(configured, answer.headers) if configured and answer.status == 200 \
+            else 0.0
+        if ttl > 0 or key in self._followers:
+            shared = answer.frozen()
+            flight.set_result(shared)
             if ttl > 0:
-                self._keep(key, time.monotonic() + ttl, answer)
+                self._keep(key, time.monotonic() + ttl, shared)
         return answer, False
 
     def _keep(self, key: Hashable, expires: float, answer: SharedAnswer) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from .abuse import acquire_upstream_slots, check_helix_allowed, release_upstream_slots
@@ -258,9 +258,8 @@ async def _shared_get(request: web.Request, url: URL, path: str,
         response = await _forward(request, url, credential, b"", whole=True)
         assert isinstance(response, web.Response) and isinstance(response.body, bytes)
         own.append(response)
-        # A snapshot: the response's own headers change while it is sent (CORS).
-        return SharedAnswer(response.status, CIMultiDictProxy(CIMultiDict(response.headers)),
-                            response.body)
+        # Its live headers: SharedGets copies them only if someone else needs them.
+        return SharedAnswer(response.status, response.headers, response.body)
 
     answer, from_cache = await request.app[shared_gets_key].fetch(key, path, fetch)
     if own:

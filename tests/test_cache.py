@@ -239,6 +239,33 @@ async def test_identical_concurrent_gets_share_one_upstream_call(proxy, mock, ke
         assert "Set-Cookie" not in response.headers
 
 
+_TWO_ORIGINS = {"cors.allow_origins": "https://a.example,https://b.example"}
+
+
+@pytest.mark.parametrize(("config_flags", "upstream_calls"), [
+    (_TWO_ORIGINS, 2),  # shared while in flight; the late request calls again
+    ({**_TWO_ORIGINS, "helix.cache": {"/users": 10}}, 1),  # the late one is served from cache
+], ids=["shared", "cached"])
+async def test_shared_copies_carry_their_own_request_headers(proxy, mock, key, upstream_calls):
+    """The leader's answer is sent with its own CORS and request id: copies must not be."""
+    mock.helix_delay = 0.2
+    origins = ["https://a.example", "https://b.example"] * 3
+    ids = [f"request-{n:04d}" for n in range(6)]
+    responses = await asyncio.gather(*(
+        proxy.get("/helix/users", headers={**bearer(key), "Origin": origin, "X-Request-Id": id_})
+        for origin, id_ in zip(origins, ids, strict=True)))
+    mock.helix_delay = 0
+    responses.append(await proxy.get("/helix/users", headers={
+        **bearer(key), "Origin": "https://b.example", "X-Request-Id": "request-late"}))
+    origins.append("https://b.example")
+    ids.append("request-late")
+    assert mock.calls["helix:GET /users"] == upstream_calls
+    for response, origin, id_ in zip(responses, origins, ids, strict=True):
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == origin
+        assert response.headers.getall("X-Request-Id") == [id_]
+
+
 async def test_different_urls_or_encodings_are_not_shared(proxy, mock, key):
     mock.helix_delay = 0.2
     await asyncio.gather(
