@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -83,17 +83,28 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@contextmanager
-def upstream_errors() -> Iterator[None]:
-    """The one boundary where client failures talking to Twitch become gateway errors."""
-    try:
-        yield
-    except TimeoutError:
-        raise UpstreamTimeout("Twitch did not answer in time.") from None
-    except (aiohttp.ClientConnectorError, ConnectFailed):
-        raise UpstreamUnreachable("Twitch could not be reached.") from None
-    except (aiohttp.ClientError, UpstreamError):
-        raise UpstreamUnreachable("The connection to Twitch failed.") from None
+class upstream_errors:  # lower case: it is used like a function, ``with upstream_errors():``
+    """The one boundary where client failures talking to Twitch become gateway errors.
+
+    A class rather than ``@contextmanager``: it wraps every call to Helix, and
+    a generator per call costs the hot path more than two plain methods.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if kind is None:
+            return
+        if issubclass(kind, TimeoutError):
+            raise UpstreamTimeout("Twitch did not answer in time.") from None
+        if issubclass(kind, (aiohttp.ClientConnectorError, ConnectFailed)):
+            raise UpstreamUnreachable("Twitch could not be reached.") from None
+        if issubclass(kind, (aiohttp.ClientError, UpstreamError)):
+            raise UpstreamUnreachable("The connection to Twitch failed.") from None
 
 
 def check_gateway_answer(status: int, content_type: str) -> None:
