@@ -185,7 +185,7 @@ class HelixConfig:
         "Use an app access token for requests without Authorization.", default=False
     )
     max_body: int = _doc("Largest request body buffered for a retry (bytes).", default=1048576)
-    pool_size: int = _doc("Keep-alive connections kept open to Twitch (the connection pool).",
+    pool_size: int = _doc("Connections to Helix in use at once (the keep-alive pool).",
                           default=100)
     cache: dict[str, float] = _doc(
         "GET paths answered from a per-grant cache for that many seconds, e.g. "
