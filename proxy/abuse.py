@@ -28,8 +28,7 @@ import asyncio
 import fnmatch
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from typing import TYPE_CHECKING, Any
@@ -255,16 +254,6 @@ class AbuseGuard:
         return any((m == "*" or m == method.upper()) and fnmatch.fnmatchcase(path, p)
                    for m, p in self.helix_allow)
 
-    @asynccontextmanager
-    async def upstream_slot(self) -> AsyncIterator[None]:
-        """One slot of the total concurrency, or :class:`Overloaded`."""
-        if not await self.total.acquire(""):
-            raise Overloaded("The proxy is at its limit of requests to Twitch; retry shortly.")
-        try:
-            yield
-        finally:
-            self.total.release("")
-
 
 def _parse_pattern(pattern: str) -> tuple[str, str]:
     method, _, path = pattern.partition(" ")
@@ -337,8 +326,13 @@ async def abuse_middleware(request: web.Request, handler: Handler) -> web.Stream
 
     try:
         if route in UPSTREAM_ROUTES:  # /helix counts its upstream calls itself
-            async with guard.upstream_slot():
+            if not await guard.total.acquire(""):
+                raise Overloaded("The proxy is at its limit of requests to Twitch; "
+                                 "retry shortly.")
+            try:
                 response = await handler(request)
+            finally:
+                guard.total.release("")
         else:
             response = await handler(request)
     except InvalidProxyKey:

@@ -90,23 +90,31 @@ class Metrics:
         self._upstream_children: dict[tuple[str, int | None], tuple[Any, Any]] = {}
         self._ratelimit_children: dict[str, Any] = {}
         # Every outcome shows from the start, at 0, so rates work from the first scrape.
-        for outcome in (RefreshOutcome.SUCCESS, RefreshOutcome.COALESCED,
-                        RefreshOutcome.PERMANENT_FAILURE, RefreshOutcome.TRANSIENT_FAILURE):
-            self.refreshes.labels(outcome)
-        for outcome in (ValidationOutcome.VALID, ValidationOutcome.REFRESHED,
-                        ValidationOutcome.NEEDS_REAUTH, ValidationOutcome.UNAVAILABLE,
-                        ValidationOutcome.REFRESH_FAILED):
-            self.validations.labels(outcome)
+        self._refresh_children = {
+            outcome: self.refreshes.labels(outcome)
+            for outcome in (RefreshOutcome.SUCCESS, RefreshOutcome.COALESCED,
+                            RefreshOutcome.PERMANENT_FAILURE, RefreshOutcome.TRANSIENT_FAILURE)}
+        self._validation_children = {
+            outcome: self.validations.labels(outcome)
+            for outcome in (ValidationOutcome.VALID, ValidationOutcome.REFRESHED,
+                            ValidationOutcome.NEEDS_REAUTH, ValidationOutcome.UNAVAILABLE,
+                            ValidationOutcome.REFRESH_FAILED)}
 
     # -- hooks -------------------------------------------------------------------------
 
     def refresh_outcome(self, outcome: str) -> None:
         """Count one refresh outcome (``Refresher(on_outcome=...)``)."""
-        self.refreshes.labels(outcome).inc()
+        child = self._refresh_children.get(outcome)
+        if child is None:
+            child = self._refresh_children[outcome] = self.refreshes.labels(outcome)
+        child.inc()
 
     def validation_outcome(self, outcome: str) -> None:
         """Count one validation outcome (``Validator(on_outcome=...)``)."""
-        self.validations.labels(outcome).inc()
+        child = self._validation_children.get(outcome)
+        if child is None:
+            child = self._validation_children[outcome] = self.validations.labels(outcome)
+        child.inc()
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request (called by :mod:`proxy.requestlog`)."""
