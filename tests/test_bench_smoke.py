@@ -6,7 +6,7 @@ requests go through them, so a change that breaks the benchmark fails CI.
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
 from bench import loadgen, run, upstream
 from bench.reference import create_reference_app
@@ -56,10 +56,14 @@ def test_lua_report_is_in_place():
     assert "function done" in lua and "percentile(99)" in lua
 
 
-def test_old_tool_builds():
-    # Flask is in the `bench` extra only (the tests do not need it).
-    pytest.importorskip("flask", reason="the old tool needs: pip install -e '.[bench]'")
+async def test_old_tool_refreshes_through_the_fake_token_endpoint(aiohttp_server):
     from bench import old_tool
 
-    client = old_tool.create_old_tool("http://127.0.0.1:9/oauth2/token").test_client()
+    fake = await aiohttp_server(create_fake_twitch())
+    client = old_tool.create_old_tool(str(fake.make_url("/oauth2/token"))).test_client()
     assert client.get("/refresh").status_code == 405  # POST only
+    # Flask's client blocks: it runs in a thread while this loop serves the fake.
+    answer = await asyncio.to_thread(client.post, "/refresh", json={"refresh_token": "rt-1"})
+    assert answer.status_code == 200
+    assert answer.get_json()["refresh_token"] not in ("", "rt-1")
+    assert fake.app[upstream.fake_twitch_key].calls["token:refresh_token"] == 1
