@@ -1034,6 +1034,9 @@ async def helix(request: web.Request) -> web.Response:
     response = _helix_answer(state, request, path, body)
     # Twitch sets cookies on API responses; a proxy must not pass them to widgets.
     response.headers.add("Set-Cookie", "twitch_mock=1; Path=/; Secure; HttpOnly")
+    # Like Twitch, compress when the caller's Accept-Encoding allows (gzip or deflate).
+    if response.body:
+        response.enable_compression()
     return response
 
 

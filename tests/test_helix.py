@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import time
+import zlib
 
 import pytest
 from yarl import URL
@@ -94,6 +95,42 @@ async def test_headers_forwarded_and_dropped(proxy, mock, key):
     exposed = response.headers["Access-Control-Expose-Headers"].lower()
     for header in ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"):
         assert header in exposed
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_compressed_bodies_pass_through_as_twitch_sent_them(proxy, mock, key, encoding):
+    response = await proxy.get("/helix/users", headers={**bearer(key),
+                                                        "Accept-Encoding": encoding},
+                               auto_decompress=False)
+    assert response.status == 200
+    assert mock.helix_requests[-1].headers["Accept-Encoding"] == encoding
+    assert response.headers["Content-Encoding"] == encoding
+    raw = await response.read()
+    decoded = zlib.decompress(raw, 47 if encoding == "gzip" else 15)
+    assert json.loads(decoded)["data"][0]["login"] == "twitchdev"
+    assert int(response.headers["Content-Length"]) == len(raw)
+
+
+async def test_no_encoding_is_asked_for_that_the_widget_did_not_ask_for(proxy, mock, key):
+    response = await proxy.get("/helix/users", headers=bearer(key),
+                               skip_auto_headers=["Accept-Encoding"])
+    assert response.status == 200
+    assert "Accept-Encoding" not in mock.helix_requests[-1].headers
+    assert "Content-Encoding" not in response.headers
+    assert json.loads(await response.read())["data"][0]["login"] == "twitchdev"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_401_still_refreshes(proxy, mock, key, encoding):
+    """The 401's body is decoded only to read its message; the retry's answer passes as is."""
+    validations = mock.calls["validate"]  # the login validated its token
+    mock.expire_access_tokens()
+    response = await proxy.get("/helix/users", headers={**bearer(key),
+                                                        "Accept-Encoding": encoding})
+    assert response.status == 200
+    assert response.headers["Content-Encoding"] == encoding
+    assert mock.calls["token:refresh_token"] == 1
+    assert mock.calls["validate"] == validations  # the message was read, not left to /validate
 
 
 async def test_cors_preflight_for_helix_from_null_origin(proxy):
