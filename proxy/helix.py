@@ -51,7 +51,7 @@ from .cache import SharedAnswer
 from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge
 from .grants import PROXY_KEY_PREFIX, Grant, token_hash
 from .helix_client import HelixResponse, UpstreamError
-from .requestlog import note_grant
+from .requestlog import note_grant, put_request_id
 from .twitch import check_gateway_answer, upstream_errors
 
 __all__ = ["Credential", "classify_401", "helix_url_for", "resolve_credential", "setup_helix"]
@@ -384,6 +384,7 @@ async def _relay(request: web.Request, upstream: HelixResponse,
         headers["Retry-After"] = _retry_after(upstream.headers)
     response = web.StreamResponse(status=upstream.status, headers=headers)
     _credential_headers(response, credential)
+    put_request_id(request, response)  # prepared here, not by the request middleware
     await response.prepare(request)
     try:
         async for chunk in upstream.iter_chunks():

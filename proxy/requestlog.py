@@ -33,7 +33,7 @@ from .app_keys import config_key, metrics_key, request_ids_key
 from .forwarded import client_address, forwarded_scheme
 
 __all__ = ["REQUEST_ID_HEADER", "RequestRecord", "current_request", "note_grant",
-           "request_middleware", "setup_request_log"]
+           "put_request_id", "request_middleware", "setup_request_log"]
 
 log = logging.getLogger("proxy.request")
 
@@ -97,6 +97,11 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
         status = response.status
+        if not response.prepared:
+            # Set here rather than in an on_response_prepare signal, which costs
+            # every request a coroutine (issue 7); streamed answers a handler
+            # prepares itself call put_request_id() first.
+            response.headers[REQUEST_ID_HEADER] = record.request_id
         return response
     except web.HTTPException as exc:
         status = exc.status
@@ -129,7 +134,8 @@ def _log_request(request: web.Request, record: RequestRecord, status: int,
     log.info("request %s", text, extra={"fields": fields})
 
 
-async def _put_request_id(request: web.Request, response: web.StreamResponse) -> None:
+def put_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Give ``response`` its ``X-Request-Id``: for a handler that prepares it itself."""
     record = request.get(_record_key)
     if record is not None:
         response.headers[REQUEST_ID_HEADER] = record.request_id
@@ -151,6 +157,5 @@ class RequestIds:
 
 
 def setup_request_log(app: web.Application) -> None:
-    """Send ``X-Request-Id`` on every answer, streamed ones included."""
+    """Request ids for the app (the middleware is added by create_app)."""
     app[request_ids_key] = RequestIds()
-    app.on_response_prepare.append(_put_request_id)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web
 from cryptography.fernet import Fernet
 from yarl import URL
 
@@ -118,6 +119,38 @@ async def test_request_ids_are_checked_made_and_returned(proxy, captured):
     ids = [line["request_id"] for line in captured.json_lines() if line.get("event") == "request"]
     assert ids == [made, missing.headers["X-Request-Id"]]
     assert "injected" not in captured.text.getvalue()
+
+
+async def test_every_kind_of_answer_carries_its_request_id(aiohttp_client, aiohttp_server,
+                                                           twitch_server, tmp_path):
+    """Plain, static, preflight, error and streamed answers (a handler prepares the last)."""
+    big = b'{"data": ["' + b"x" * 200_000 + b'"]}'
+
+    async def large(request: web.Request) -> web.Response:
+        return web.Response(body=big, content_type="application/json")
+
+    upstream = web.Application()
+    upstream.router.add_post("/helix/chat/messages", large)
+    helix = await aiohttp_server(upstream)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    flags = {**proxy_config_flags(str(twitch_server.make_url("")).rstrip("/")),
+             "twitch.helix_url": str(helix.make_url("/helix")), "store.url": "memory://"}
+    client = await aiohttp_client(create_app(load_config(path=empty, environ={}, flags=flags)))
+    answers = {
+        "plain": await client.get("/healthz"),
+        "static": await client.get("/static/style.css"),
+        "preflight": await client.options("/refresh", headers={
+            "Origin": "null", "Access-Control-Request-Method": "POST"}),
+        "error": await client.get("/helix/users/../x", headers={"Authorization": "Bearer t"}),
+        "streamed": await client.post("/helix/chat/messages", data=b"{}", headers={
+            "Authorization": "Bearer bare-token", "Content-Type": "application/json"}),
+    }
+    for name, answer in answers.items():
+        assert answer.status < 500, name
+        assert len(answer.headers.getall("X-Request-Id", [])) == 1, name
+    # Over 64 KiB and not a GET: proxy.helix streams it, preparing the response itself.
+    assert await answers["streamed"].read() == big
 
 
 async def test_one_line_per_refresh_with_its_outcome(proxy, mock, captured):

@@ -38,14 +38,18 @@ async def test_old_widget_preflight_from_null_origin(proxy):
     assert "Access-Control-Allow-Credentials" not in response.headers
 
 
-async def test_private_network_preflight(proxy):
-    response = await proxy.options("/refresh", headers={
+@pytest.mark.parametrize("path", ["/refresh", "/helix/users", "/status"])
+async def test_private_network_preflight(proxy, path):
+    response = await proxy.options(path, headers={
         "Origin": "https://streamelements.com",
-        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Method": "POST" if path == "/refresh" else "GET",
         "Access-Control-Request-Private-Network": "true",
     })
     assert response.status == 200
     assert response.headers["Access-Control-Allow-Private-Network"] == "true"
+    plain = await proxy.options(path, headers={
+        "Origin": "https://streamelements.com", "Access-Control-Request-Method": "GET"})
+    assert "Access-Control-Allow-Private-Network" not in plain.headers
 
 
 async def test_old_widget_refresh_rotates_and_updates_grant(proxy, mock):
