@@ -115,6 +115,12 @@ def keep(answer: bytes) -> Answer:
     return respond
 
 
+async def never_answers(request: bytes, writer: asyncio.StreamWriter) -> bool:
+    """Reads the request and says nothing until the test is over."""
+    await asyncio.sleep(5)
+    return False
+
+
 async def test_a_request_carries_the_callers_headers_and_body(serve, client):
     server = await serve(keep(ok()))
     status, body = await fetch(client, server.url("/helix/chat/announcements?a=1&a=2&x=%2F"),
@@ -301,11 +307,7 @@ async def test_a_caller_waiting_for_a_slot_times_out(serve):
 
 
 async def test_a_cancelled_caller_frees_its_slot_and_connection(serve):
-    async def never(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(5)
-        return False
-
-    server = await serve(never)
+    server = await serve(never_answers)
     client = HelixClient(pool_size=1, timeout=5)
     try:
         call = asyncio.ensure_future(fetch(client, server.url()))
@@ -355,11 +357,7 @@ async def test_a_header_value_with_a_line_break_is_refused_before_sending(serve,
 
 
 async def test_close_ends_calls_in_flight(serve):
-    async def never(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(5)
-        return False
-
-    server = await serve(never)
+    server = await serve(never_answers)
     client = HelixClient(pool_size=2, timeout=5)
     call = asyncio.ensure_future(fetch(client, server.url()))
     await asyncio.sleep(0.05)
