@@ -114,12 +114,6 @@ class _Connection(asyncio.Protocol):
             return
         self._fail(ConnectionBroken("The upstream closed the connection."))
 
-    def pause_writing(self) -> None:  # pragma: no cover - request heads are small
-        pass
-
-    def resume_writing(self) -> None:  # pragma: no cover
-        pass
-
     # -- llhttp callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -212,10 +206,6 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
 
 class HelixResponse:
     """Status and headers of one answer; the body is read or streamed once."""
@@ -282,11 +272,11 @@ class _Origin:
 
     def __init__(self, url: URL, ssl_context: ssl.SSLContext | None) -> None:
         assert url.host is not None
+        default = 443 if url.scheme == "https" else 80
         self.host = url.host
-        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.port = url.port or default
         self.ssl = (ssl_context or ssl.create_default_context()) if url.scheme == "https" \
             else None
-        default = 443 if url.scheme == "https" else 80
         self.host_header = url.host if self.port == default else f"{url.host}:{self.port}"
         self.idle: list[_Connection] = []
 
@@ -431,11 +421,9 @@ class HelixClient:
             async with asyncio.timeout_at(deadline):
                 await waiter
         except BaseException:
+            # A cancelled waiter stays queued; _free_slot skips it.
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._free_slot()  # handed a slot just as we gave up: pass it on
-            elif not waiter.done():
-                waiter.cancel()
-                self._queue.remove(waiter)
             raise
 
     def _free_slot(self) -> None:
