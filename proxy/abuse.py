@@ -311,7 +311,9 @@ async def abuse_middleware(request: web.Request, handler: Handler) -> web.Stream
     address = client_address(request)
 
     bucket = RATE_LIMITED_ROUTES.get(route or "")
-    if bucket is not None:
+    # A CORS preflight (OPTIONS) is the browser asking, not a login or a refresh:
+    # counting it would halve the rate an old widget's POST /refresh gets.
+    if bucket is not None and request.method != "OPTIONS":
         wait = guard.rates[bucket].take(address)
         if wait:
             raise RateLimited("Too many requests from your address; slow down.",

@@ -117,6 +117,10 @@ async def test_refresh_rate_limited(aiohttp_client, twitch_server, mock, tmp_pat
                               **{"limits.refresh_per_minute": "3", "limits.login_per_minute": "0"})
     result = await login(proxy)
     for _ in range(3):
+        # A browser's preflight before each POST is not a refresh: it spends nothing.
+        preflight = await proxy.options("/refresh", headers={
+            "Origin": "null", "Access-Control-Request-Method": "POST"})
+        assert preflight.status == 200
         response = await proxy.post("/refresh", json={"refresh_token": result["refresh_token"]})
         assert response.status == 200
     calls = mock.calls["token"]
