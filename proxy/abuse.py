@@ -254,6 +254,12 @@ class AbuseGuard:
         return any((m == "*" or m == method.upper()) and fnmatch.fnmatchcase(path, p)
                    for m, p in self.helix_allow)
 
+    async def take_total_slot(self) -> None:
+        """One slot of the total concurrency, or :class:`Overloaded`; give it back with
+        ``total.release("")``. A plain coroutine, not a context manager: hot path."""
+        if not await self.total.acquire(""):
+            raise Overloaded("The proxy is at its limit of requests to Twitch; retry shortly.")
+
 
 def _parse_pattern(pattern: str) -> tuple[str, str]:
     method, _, path = pattern.partition(" ")
@@ -328,9 +334,7 @@ async def abuse_middleware(request: web.Request, handler: Handler) -> web.Stream
 
     try:
         if route in UPSTREAM_ROUTES:  # /helix counts its upstream calls itself
-            if not await guard.total.acquire(""):
-                raise Overloaded("The proxy is at its limit of requests to Twitch; "
-                                 "retry shortly.")
+            await guard.take_total_slot()
             try:
                 response = await handler(request)
             finally:
@@ -362,8 +366,7 @@ async def acquire_upstream_slots(request: web.Request, credential: Credential) -
     Returns the grant's name for :func:`release_upstream_slots`.
     """
     guard = request.app[abuse_guard_key]
-    if not await guard.total.acquire(""):
-        raise Overloaded("The proxy is at its limit of requests to Twitch; retry shortly.")
+    await guard.take_total_slot()
     name = _grant_name(credential)
     if not await guard.per_grant.acquire(name):
         guard.total.release("")
