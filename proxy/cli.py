@@ -2,17 +2,21 @@
 
 ``twitch-proxy`` serves; ``--check-config`` validates and exits; ``--mock-twitch``
 starts the project's mock of Twitch beside the proxy and points the proxy at
-it, so the whole flow can be tried offline without credentials.
+it, so the whole flow can be tried offline without credentials. The mock mode
+always runs on its own in-memory store: a store configured in the environment
+or the file is ignored with a warning, and ``--store`` is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +34,10 @@ log = logging.getLogger("proxy")
 
 MOCK_CLIENT_ID = "mock-client-id"
 MOCK_CLIENT_SECRET = "mock-client-secret"
+#: The only store ``--mock-twitch`` runs on (see :func:`_on_mock_store`).
+MOCK_STORE_URL = "memory://"
+#: Environment variables that name a store; ``--mock-twitch`` does not read them.
+_STORE_VARIABLES = ("TOKEN_STORE_URL", "REDIS_URL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and exit")
     parser.add_argument("--mock-twitch", action="store_true",
-                        help="run against the built-in mock of Twitch (offline demo)")
+                        help="run against the built-in mock of Twitch (offline demo), on an "
+                             "in-memory store: a configured store is never opened")
     parser.add_argument("--mock-port", type=int, default=0,
                         help="port of the mock Twitch with --mock-twitch (default: any free)")
     admin.add_subcommands(parser)
@@ -81,6 +90,7 @@ def _free_port() -> int:
 def _load(args: argparse.Namespace, mock_port: int | None) -> Config:
     flags = _flags(args)
     defaults: dict[str, Any] = {}
+    environ: Mapping[str, str] = os.environ
     if mock_port is not None:
         mock = f"http://127.0.0.1:{mock_port}"
         # The mock knows only its own app: these win over anything configured.
@@ -90,8 +100,54 @@ def _load(args: argparse.Namespace, mock_port: int | None) -> Config:
             "twitch.id_url": mock,
             "twitch.helix_url": f"{mock}/helix",
         })
-        defaults["store.url"] = "memory://"
-    return load_config(path=args.config, flags=flags, defaults=defaults)
+        defaults["store.url"] = MOCK_STORE_URL
+        # Not even validated: the mock mode never opens them (see _on_mock_store).
+        environ = {k: v for k, v in os.environ.items() if k not in _STORE_VARIABLES}
+    return load_config(path=args.config, environ=environ, flags=flags, defaults=defaults)
+
+
+def _ignored_store(args: argparse.Namespace, config: Config) -> str | None:
+    """What names a store other than the mock's, as the user would say it; None: nothing.
+
+    Never the URL itself: a Redis URL may hold a password.
+    """
+    if args.store is not None and args.store != MOCK_STORE_URL:
+        return "--store"
+    for name in _STORE_VARIABLES:
+        if os.environ.get(name, "") not in ("", MOCK_STORE_URL):
+            return f"${name}"
+    if config.store.url != MOCK_STORE_URL:
+        return "the configuration file's store.url"
+    return None
+
+
+def _mock_mode_problems(args: argparse.Namespace, config: Config) -> list[str]:
+    """Why ``--mock-twitch`` cannot run with these options (empty: it can)."""
+    problems = []
+    if _ignored_store(args, config) == "--store":
+        problems.append("--mock-twitch runs on its own in-memory store, so it cannot use "
+                        "the store --store names (drop --store, or drop --mock-twitch)")
+    if config.server.workers > 1:
+        problems.append("--mock-twitch runs the mock inside the proxy's process, so it "
+                        "needs one worker (unset WEB_CONCURRENCY or pass --workers 1)")
+    return problems
+
+
+def _on_mock_store(args: argparse.Namespace, config: Config) -> Config:
+    """``config`` on the mock's own in-memory store, warning about a store it ignores.
+
+    The mock issues its own tokens: on a real store, the validator would send
+    every real grant's tokens to the mock, which refuses them, and mark each
+    user ``needs_reauth``; and the demo would accept production proxy keys.
+    So a store from the environment or the file is never opened, only named.
+    """
+    origin = _ignored_store(args, config)
+    if origin is not None:
+        print(f"twitch-proxy: warning: --mock-twitch runs on its own in-memory store "
+              f"({MOCK_STORE_URL}); {origin} is ignored (that store is never opened, read "
+              "or written)", file=sys.stderr, flush=True)
+    return dataclasses.replace(config, store=dataclasses.replace(config.store,
+                                                                 url=MOCK_STORE_URL))
 
 
 async def _with_mock(config: Config, mock_port: int) -> web.Application:
@@ -119,6 +175,7 @@ def _serve(config: Config, mock_port: int | None) -> None:
         return
     serve(config, _with_mock(config, mock_port),
           banner=f"mock Twitch on http://127.0.0.1:{mock_port} (client id {MOCK_CLIENT_ID}); "
+                 f"tokens are kept in an in-memory store ({MOCK_STORE_URL}), lost at exit; "
                  f"open {config.server.public_url}/ to try the flow")
 
 
@@ -131,11 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"twitch-proxy: {exc}", file=sys.stderr)
         return 2
-    if mock_port is not None and config.server.workers > 1:
-        print("twitch-proxy: --mock-twitch runs the mock inside the proxy's process, "
-              "so it needs one worker (unset WEB_CONCURRENCY or pass --workers 1)",
-              file=sys.stderr)
-        return 2
+    if mock_port is not None:
+        problems = _mock_mode_problems(args, config)
+        for problem in problems:
+            print(f"twitch-proxy: {problem}", file=sys.stderr)
+        if problems:
+            return 2
+        config = _on_mock_store(args, config)
     if args.check_config:
         print(f"configuration OK: store {config.store.url.split('://')[0]}, "
               f"listening on {config.server.host}:{config.server.port}, "
