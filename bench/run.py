@@ -151,7 +151,6 @@ class ProxySetup:
         from proxy.app import cipher_for
         from proxy.config import load_config
         from proxy.grants import Grant, GrantStore
-        from proxy.refresh import new_grant_id
         from proxy.store import open_store
 
         config = load_config(path=self.config_file(), environ=self.env(0))
@@ -160,10 +159,11 @@ class ProxySetup:
         now = time.time()
 
         def grant(user_id: str) -> Grant:
-            return Grant(grant_id=new_grant_id(), user_id=user_id, login=f"user{user_id}",
-                         scopes=("user:read:email",), access_token="at-" + secrets.token_hex(12),
-                         refresh_token="rt-" + secrets.token_hex(20), expires_at=now + 14000,
-                         created_at=now, updated_at=now)
+            return Grant.new(user_id=user_id, login=f"user{user_id}",
+                             scopes=("user:read:email",),
+                             access_token="at-" + secrets.token_hex(12),
+                             refresh_token="rt-" + secrets.token_hex(20),
+                             expires_at=now + 14000, now=now)
 
         try:
             keyed = grant("141981764")
@@ -171,7 +171,8 @@ class ProxySetup:
             proxy_key, _ = await grants.create_key(keyed.grant_id)
             legacy = grant("1002")
             await grants.create(legacy)
-            await grants.index_refresh_token(legacy.refresh_token, legacy.grant_id, "adopted")
+            await grants.index_refresh_token(legacy.refresh_token, legacy.grant_id, "adopted",
+                                             chain=legacy.chain)
         finally:
             await store.close()
         return {"proxy_key": proxy_key, "access_token": keyed.access_token,

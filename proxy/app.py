@@ -125,7 +125,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[refresher_key] = Refresher(
         grants, twitch, replay_window=config.auth.replay_window,
         on_outcome=app[metrics_key].refresh_outcome,
-        login_url=f"{config.server.public_url}/login", lock_lease=config.store.lock_lease,
+        login_url=config.server.login_url, lock_lease=config.store.lock_lease,
     )
     app[app_token_key] = AppTokenProvider(twitch)
     yield

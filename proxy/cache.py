@@ -4,7 +4,7 @@ Two things live here.
 
 :class:`CachedGrantStore` is the :class:`~proxy.grants.GrantStore` the app
 uses. It answers the hot-path lookups (proxy key -> key record -> grant, and an
-old widget's adopted refresh token -> grant) from memory, so a request that
+old widget's refresh token -> its alias -> grant) from memory, so a request that
 changes nothing costs no store round trip. Correctness across processes comes
 from a *generation marker*: every write that can change what a lookup returns
 (grant replaced, created or deleted; key created or revoked; refresh-token
@@ -17,8 +17,11 @@ Staleness bound: a write in another process is seen here at most
 new marker (0.5 s by default). A lookup racing with a drop is not cached (the
 cache has an epoch; an entry read before a drop is not put back after it).
 When the marker cannot be read (store down), the cache is off until it can be.
-Lookups that decide a refresh (``load`` under the refresh lock, ``/refresh``'s
-``find_refresh_token``) always read the store.
+A remembered alias is checked against the grant on every use
+(:meth:`~proxy.grants.RefreshTokenRef.opens`), so a rotated token's replay
+window ends on time here too. Lookups that decide a refresh (``load`` under
+the refresh lock) always read the store; ``/refresh``'s alias lookups may be
+:data:`REFRESH_REF_TTL` old.
 
 :class:`SharedGets` makes identical concurrent ``GET`` requests (same grant,
 same URL, same ``Accept`` / ``Accept-Encoding``) share one upstream call: the
@@ -86,7 +89,7 @@ class CachedGrantStore(GrantStore):
         # request). Only the store must never see it.
         self._keys: dict[str, KeyRecord] = {}
         self._grants: dict[str, Grant] = {}
-        self._adopted: dict[str, str] = {}  # sha256(refresh token) -> grant id
+        self._aliases: dict[str, RefreshTokenRef] = {}  # sha256(refresh token) -> alias
         # sha256(refresh token) -> (its index entry, trusted until this monotonic time)
         self._refresh_refs: dict[str, tuple[RefreshTokenRef, float]] = {}
         self._generation: bytes | None = None
@@ -118,10 +121,16 @@ class CachedGrantStore(GrantStore):
             self._grants[grant_id] = grant
         return grant
 
-    async def adopted_grant(self, refresh_token: str) -> Grant | None:
-        """The grant an already adopted old-widget refresh token opens, if cached."""
-        grant_id = self._adopted.get(token_hash(refresh_token))
-        return None if grant_id is None else await self.cached_grant(grant_id)
+    async def alias_grant(self, refresh_token: str) -> Grant | None:
+        """The grant an old widget's refresh token opens, when remembered and still open.
+
+        None means "ask the refresher", which reads the store and decides.
+        """
+        ref = self._aliases.get(token_hash(refresh_token))
+        if ref is None:
+            return None
+        grant = await self.cached_grant(ref.grant_id)
+        return grant if ref.opens(grant) else None
 
     async def find_refresh_token(self, token: str) -> RefreshTokenRef | None:
         """The index entry of a refresh token, from memory for a moment.
@@ -143,17 +152,18 @@ class CachedGrantStore(GrantStore):
 
     @property
     def epoch(self) -> int:
-        """Changes whenever the cache is dropped (see :meth:`remember_adopted`)."""
+        """Changes whenever the cache is dropped (see :meth:`remember_alias`)."""
         return self._epoch
 
-    def remember_adopted(self, refresh_token: str, grant: Grant, epoch: int) -> None:
-        """Note that ``refresh_token`` (now indexed as adopted) opens ``grant``.
+    def remember_alias(self, refresh_token: str, ref: RefreshTokenRef, grant: Grant,
+                       epoch: int) -> None:
+        """Note that ``refresh_token`` is the alias ``ref`` of ``grant``.
 
         ``epoch`` is :attr:`epoch` from before the lookup that found it, so a
         lookup that raced with a change is not remembered.
         """
         if self._cacheable(epoch):
-            self._adopted[token_hash(refresh_token)] = grant.grant_id
+            self._aliases[token_hash(refresh_token)] = ref
             self._grants.setdefault(grant.grant_id, grant)
 
     def remember(self, grant: Grant) -> None:
@@ -171,7 +181,7 @@ class CachedGrantStore(GrantStore):
         self._epoch += 1
         self._keys.clear()
         self._grants.clear()
-        self._adopted.clear()
+        self._aliases.clear()
         self._refresh_refs.clear()
 
     async def _changed(self) -> None:
@@ -229,9 +239,15 @@ class CachedGrantStore(GrantStore):
             await self._changed()
 
     async def index_refresh_token(self, token: str, grant_id: str, kind: RefreshTokenKind,
-                                  *, ttl: float | None = None) -> None:
+                                  *, chain: str | None, ttl: float | None = None) -> None:
         try:
-            await super().index_refresh_token(token, grant_id, kind, ttl=ttl)
+            await super().index_refresh_token(token, grant_id, kind, chain=chain, ttl=ttl)
+        finally:
+            await self._changed()
+
+    async def end_aliases(self, grant_id: str, *, keep_chain: str | None = None) -> int:
+        try:
+            return await super().end_aliases(grant_id, keep_chain=keep_chain)
         finally:
             await self._changed()
 

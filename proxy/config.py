@@ -114,6 +114,11 @@ class ServerConfig:
     tls_cert: str = _doc("PEM certificate to serve https directly.", default="")
     tls_key: str = _doc("PEM private key for tls_cert.", default="")
 
+    @property
+    def login_url(self) -> str:
+        """Where a user starts a login (told to widgets whose grant needs one)."""
+        return f"{self.public_url}/login"
+
 
 @dataclass(frozen=True)
 class StoreConfig:

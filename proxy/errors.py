@@ -9,7 +9,10 @@ The hierarchy::
     ├── AccessDenied                (400 access_denied)
     ├── InvalidProxyKey             (401 invalid_proxy_key)
     ├── ReauthorizationRequired     (401 reauthorization_required)
+    ├── InvalidTwitchToken          (401 invalid_token)
     ├── Forbidden                   (403 forbidden)
+    │   └── ScopesNotAllowed        (403 scopes_not_allowed)
+    ├── ScopesNarrowed              (409 scopes_narrowed)
     ├── PayloadTooLarge             (413 payload_too_large)
     ├── RateLimited                 (429 rate_limited)
     │   └── ratelimit.BucketEmpty   (429, Twitch's bucket empty: Ratelimit-* headers)
@@ -44,10 +47,13 @@ __all__ = [
     "InvalidProxyKey",
     "InvalidRequest",
     "InvalidState",
+    "InvalidTwitchToken",
     "PayloadTooLarge",
     "ProxyError",
     "RateLimited",
     "ReauthorizationRequired",
+    "ScopesNarrowed",
+    "ScopesNotAllowed",
     "TwitchRefused",
     "UpstreamBadResponse",
     "UpstreamError",
@@ -124,11 +130,31 @@ class ReauthorizationRequired(ProxyError):
     code = "reauthorization_required"
 
 
+class InvalidTwitchToken(ProxyError):
+    """A Twitch token pair the proxy will not honour (another app's, or not proven)."""
+
+    status = 401
+    code = "invalid_token"
+
+
 class Forbidden(ProxyError):
     """The request is not allowed by this proxy's configuration."""
 
     status = 403
     code = "forbidden"
+
+
+class ScopesNotAllowed(Forbidden):
+    """Twitch granted scopes this login did not ask for; the tokens were revoked."""
+
+    code = "scopes_not_allowed"
+
+
+class ScopesNarrowed(ProxyError):
+    """A login would take scopes away from the user's existing grant; nothing changed."""
+
+    status = 409
+    code = "scopes_narrowed"
 
 
 class PayloadTooLarge(ProxyError):

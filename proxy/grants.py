@@ -8,15 +8,26 @@ module maps grants onto the bytes-by-key :mod:`proxy.store` contract:
 key                        value (JSON; grant records encrypted at rest)
 =========================  =====================================================
 ``grant:<grant_id>``       the :class:`Grant`, encrypted with the store cipher
-``user:<user_id>``         the grant id of that Twitch user (one grant per user)
+``user:<user_id>``         the grant id of that Twitch user's login (one per user;
+                           only a login writes it, and never over another grant)
 ``key:<sha256(key)>``      ``{"grant_id", "key_id", "created_at"}``
-``rt:<sha256(token)>``     ``{"grant_id", "kind"}`` for refresh tokens the proxy
-                           knows: ``current``, ``rotated`` (kept for the replay
-                           window) or ``adopted`` (an old widget's pair, forever)
+``rt:<sha256(token)>``     an *alias*: ``{"grant_id", "chain", "kind", "until"}``
+                           for a refresh token the proxy honours (see below)
 ``state:<state>``          a pending /login (single use, expires)
 ``validated:<grant_id>``   who validates the grant this interval
                            (:mod:`proxy.validator`; expires)
 =========================  =====================================================
+
+**Chains and aliases.** Every grant carries a *chain*: a random id for the run
+of tokens Twitch issued from one authorization (a login, or an old widget's
+refresh token that Twitch accepted). A refresh token the proxy honours is an
+alias tied to the chain that proved it: ``current`` (the grant's own refresh
+token), ``rotated`` (one the proxy spent, honoured until ``until``: the replay
+window) or ``adopted`` (an old widget's own original token, proven at Twitch,
+honoured as long as the chain lives). :meth:`RefreshTokenRef.opens` is the
+whole rule. A chain ends when the grant is revoked, deleted or refused by
+Twitch (``chain`` becomes None) and when a new login replaces it; no alias of
+an ended chain opens anything again, whatever the grant becomes later.
 
 Proxy keys and refresh tokens are only ever stored as SHA-256 hashes (they are
 long random strings, so a fast hash is enough). Every write that replaces a
@@ -37,14 +48,21 @@ from typing import Any, Literal
 from .crypto import Cipher
 from .store.base import TokenStore
 
-__all__ = ["ACTIVE", "NEEDS_REAUTH", "Grant", "GrantStore", "KeyRecord", "RefreshTokenRef",
-           "new_proxy_key", "token_hash"]
+__all__ = ["ACTIVE", "ENDED_ALIAS_TTL", "NEEDS_REAUTH", "Grant", "GrantStore", "KeyRecord",
+           "RefreshTokenRef", "new_chain", "new_grant_id", "new_proxy_key", "token_hash"]
 
 ACTIVE = "active"
 NEEDS_REAUTH = "needs_reauth"
 PROXY_KEY_PREFIX = "tpk_"
 
 RefreshTokenKind = Literal["current", "rotated", "adopted"]
+
+#: How long the aliases of an ended chain are kept, refused without asking
+#: Twitch, before they are forgotten (and Twitch alone decides again).
+ENDED_ALIAS_TTL = 30 * 24 * 3600.0
+
+#: The chain of grants stored before chains existed.
+_FIRST_CHAIN = "c0"
 
 
 def token_hash(token: str) -> str:
@@ -55,6 +73,16 @@ def token_hash(token: str) -> str:
 def new_proxy_key() -> str:
     """A fresh proxy key: ``tpk_`` and 32 random bytes, url-safe."""
     return PROXY_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_grant_id() -> str:
+    """A fresh, public, non-secret grant id."""
+    return "g_" + secrets.token_hex(8)
+
+
+def new_chain() -> str:
+    """A fresh chain id (see the module docstring)."""
+    return "c_" + secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,19 @@ class Grant:
     updated_at: float = 0.0
     last_refresh_at: float | None = None
     last_validated_at: float | None = None
+    #: The live token chain; None once it ended (revoked, refused by Twitch).
+    chain: str | None = _FIRST_CHAIN
+
+    @classmethod
+    def new(cls, *, user_id: str | None, login: str | None, scopes: tuple[str, ...],
+            access_token: str, refresh_token: str, expires_at: float,
+            now: float | None = None, **extra: Any) -> Grant:
+        """A new grant on a new chain, stamped ``now``."""
+        now = time.time() if now is None else now
+        fields: dict[str, Any] = {"created_at": now, "updated_at": now, **extra}
+        return cls(grant_id=new_grant_id(), user_id=user_id, login=login, scopes=scopes,
+                   access_token=access_token, refresh_token=refresh_token,
+                   expires_at=expires_at, chain=new_chain(), **fields)
 
     def __repr__(self) -> str:
         return (f"Grant(grant_id={self.grant_id!r}, login={self.login!r}, "
@@ -99,7 +140,7 @@ class Grant:
     def from_bytes(cls, data: bytes) -> Grant:
         fields = json.loads(data)
         fields["scopes"] = tuple(fields["scopes"])
-        return cls(**fields)
+        return cls(**fields)  # records from before chains get the first chain
 
 
 @dataclass(frozen=True)
@@ -113,10 +154,25 @@ class KeyRecord:
 
 @dataclass(frozen=True)
 class RefreshTokenRef:
-    """What the proxy knows about a refresh token it was shown."""
+    """An alias: a refresh token the proxy was shown, and the chain it belongs to."""
 
     grant_id: str
     kind: RefreshTokenKind
+    chain: str | None = _FIRST_CHAIN
+    #: Wall-clock end of a rotated token's replay window (None: no end of its own).
+    until: float | None = None
+
+    def opens(self, grant: Grant | None, now: float | None = None) -> bool:
+        """Whether this alias still opens ``grant``: the whole rule, in one place.
+
+        The grant must be active and still on the chain that proved the token,
+        and a rotated token must be inside its replay window.
+        """
+        if grant is None or grant.state != ACTIVE or grant.chain is None:
+            return False
+        if grant.grant_id != self.grant_id or grant.chain != self.chain:
+            return False
+        return self.until is None or self.until > (time.time() if now is None else now)
 
 
 @dataclass(frozen=True)
@@ -125,6 +181,12 @@ class LoadedGrant:
 
     grant: Grant
     raw: bytes
+
+
+def _ref_from_bytes(raw: bytes) -> RefreshTokenRef:
+    data = json.loads(raw)
+    return RefreshTokenRef(grant_id=data["grant_id"], kind=data["kind"],
+                           chain=data.get("chain", _FIRST_CHAIN), until=data.get("until"))
 
 
 class GrantStore:
@@ -158,12 +220,15 @@ class GrantStore:
         return await self.get(grant_id)
 
     async def create(self, grant: Grant) -> LoadedGrant:
-        """Store a new grant and index its refresh token (and user)."""
+        """Store a new grant and index its refresh token as its chain's ``current``.
+
+        The ``user:`` index is left alone: only a login claims it
+        (:meth:`claim_user`), so no other path can re-point a user's grant.
+        """
         raw = self._cipher.encrypt(grant.to_bytes())
-        await self.index_refresh_token(grant.refresh_token, grant.grant_id, "current")
+        await self.index_refresh_token(grant.refresh_token, grant.grant_id, "current",
+                                       chain=grant.chain)
         await self.store.put(f"grant:{grant.grant_id}", raw)
-        if grant.user_id:
-            await self.store.put(f"user:{grant.user_id}", grant.grant_id.encode())
         return LoadedGrant(grant, raw)
 
     async def replace(self, old: LoadedGrant, new: Grant) -> LoadedGrant | None:
@@ -184,15 +249,19 @@ class GrantStore:
                 return changed
 
     async def delete(self, grant_id: str) -> bool:
-        """Remove a grant, its user index and every key that opens it."""
+        """Remove a grant, its user index and every key that opens it.
+
+        Its aliases are kept a while as refusals (:meth:`end_aliases`), so a
+        refresh token of a deleted grant is not proven afresh at Twitch.
+        """
         grant = await self.get(grant_id)
         if grant is None:
             return False
         for record in await self.keys_of(grant_id):
             await self.store.delete(f"key:{record[0]}")
-        if grant.user_id:
+        if grant.user_id and await self.grant_of_user(grant.user_id) == grant_id:
             await self.store.delete(f"user:{grant.user_id}")
-        await self.store.delete(f"rt:{token_hash(grant.refresh_token)}")
+        await self.end_aliases(grant_id)
         return await self.store.delete(f"grant:{grant_id}")
 
     async def grant_of_user(self, user_id: str) -> str | None:
@@ -224,9 +293,11 @@ class GrantStore:
     # -- refresh-token index -----------------------------------------------------
 
     async def index_refresh_token(self, token: str, grant_id: str, kind: RefreshTokenKind,
-                                  *, ttl: float | None = None) -> None:
-        """Remember that ``token`` belongs to ``grant_id``."""
-        value = json.dumps({"grant_id": grant_id, "kind": kind}).encode()
+                                  *, chain: str | None, ttl: float | None = None) -> None:
+        """Make ``token`` an alias of ``grant_id``'s ``chain``; a rotated one for ``ttl`` s."""
+        until = time.time() + ttl if ttl is not None else None
+        value = json.dumps({"grant_id": grant_id, "kind": kind, "chain": chain,
+                            "until": until}).encode()
         await self.store.put(f"rt:{token_hash(token)}", value, ttl=ttl)
 
     async def forget_refresh_token(self, token: str) -> None:
@@ -234,12 +305,28 @@ class GrantStore:
         await self.store.delete(f"rt:{token_hash(token)}")
 
     async def find_refresh_token(self, token: str) -> RefreshTokenRef | None:
-        """The grant a refresh token belongs to (current, recently rotated or adopted)."""
+        """The alias a refresh token is, if the proxy knows it (:meth:`RefreshTokenRef.opens`)."""
         raw = await self.store.get(f"rt:{token_hash(token)}")
-        if raw is None:
-            return None
-        data = json.loads(raw)
-        return RefreshTokenRef(grant_id=data["grant_id"], kind=data["kind"])
+        return None if raw is None else _ref_from_bytes(raw)
+
+    async def end_aliases(self, grant_id: str, *, keep_chain: str | None = None) -> int:
+        """Turn every alias of ``grant_id`` (but those of ``keep_chain``) into a refusal.
+
+        An alias already cannot open a grant on another chain; this also gives
+        it an expiry, so the index does not keep dead tokens forever. Scans the
+        index: revocations are rare. Returns how many aliases it ended.
+        """
+        ended = 0
+        for name in await self.store.keys("rt:"):
+            raw = await self.store.get(name)
+            if raw is None:
+                continue
+            ref = _ref_from_bytes(raw)
+            if ref.grant_id != grant_id or (keep_chain is not None and ref.chain == keep_chain):
+                continue
+            await self.store.put(name, raw, ttl=ENDED_ALIAS_TTL)
+            ended += 1
+        return ended
 
     # -- proxy keys -----------------------------------------------------------------
 

@@ -28,7 +28,6 @@ import re
 import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
@@ -37,6 +36,7 @@ from yarl import URL
 
 from .abuse import acquire_upstream_slots, check_helix_allowed, release_upstream_slots
 from .app_keys import (
+    abuse_guard_key,
     app_token_key,
     config_key,
     grant_cache_key,
@@ -48,13 +48,14 @@ from .app_keys import (
     twitch_key,
 )
 from .cache import SharedAnswer
+from .credential import Credential, bearer_token
 from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge
-from .grants import PROXY_KEY_PREFIX, Grant, token_hash
+from .grants import PROXY_KEY_PREFIX, Grant
 from .helix_client import HelixResponse, UpstreamError
 from .requestlog import note_grant, put_request_id
 from .twitch import check_gateway_answer, upstream_errors
 
-__all__ = ["Credential", "classify_401", "helix_url_for", "resolve_credential", "setup_helix"]
+__all__ = ["classify_401", "helix_url_for", "resolve_credential", "setup_helix"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,12 @@ FORWARDED_REQUEST_HEADERS = ("Accept", "Accept-Encoding", "Content-Type")
 
 #: Response headers never passed back: hop-by-hop headers describe the
 #: connection to Twitch, not ours; cookies are Twitch's, not the widget's;
-#: CORS headers are the proxy's own business; Server and Date are set by us.
+#: CORS headers are the proxy's own business; Server and Date are set by us;
+#: the old widgets' token headers are only ever the proxy's, for one caller.
 DROPPED_RESPONSE_HEADERS = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
     "Trailer", "Transfer-Encoding", "Upgrade", "Set-Cookie", "Server", "Date",
+    "X-Access-Token", "X-Refresh-Token",
     "Access-Control-Allow-Origin", "Access-Control-Allow-Credentials",
     "Access-Control-Expose-Headers", "Access-Control-Allow-Headers",
     "Access-Control-Allow-Methods", "Access-Control-Max-Age",
@@ -84,17 +87,6 @@ _REFRESHABLE_401 = ("invalid oauth token", "invalid access token", "token is exp
                     "expired")
 _FINAL_401 = ("missing scope", "client id and oauth token do not match",
               "oauth token is missing", "missing user oauth token")
-
-Mode = Literal["key", "legacy", "passthrough", "app"]
-
-
-@dataclass(frozen=True)
-class Credential:
-    """How one request authenticates upstream."""
-
-    mode: Mode
-    access_token: str
-    grant: Grant | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -136,39 +128,66 @@ def classify_401(body: bytes, content_encoding: str = "") -> Literal["refresh", 
 async def resolve_credential(request: web.Request) -> Credential:
     """The credential a request brings (see the module docstring)."""
     authorization = request.headers.get("Authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
+    config = request.app[config_key]
     if not authorization:
-        if request.app[config_key].helix.app_token:
+        if config.helix.app_token:
             return Credential("app", await request.app[app_token_key].token())
         raise InvalidRequest("Send Authorization: Bearer <proxy key>.",
-                             login_url=f"{request.app[config_key].server.public_url}/login")
-    if scheme.lower() != "bearer" or not token:
+                             login_url=config.server.login_url)
+    token = bearer_token(authorization)
+    if token is None:
         raise InvalidRequest("The Authorization header must be 'Bearer <proxy key or token>'.")
     refresher = request.app[refresher_key]
-    # Key and adopted-pair lookups come from the in-process grant cache
+    # Key and alias lookups come from the in-process grant cache
     # (proxy.cache): no store round trip while nothing changed.
     grants = request.app[grant_cache_key]
     if token.startswith(PROXY_KEY_PREFIX):
         grant = await grants.grant_for_key(token)
         if grant is None:
             raise InvalidProxyKey("This proxy key is unknown or was revoked.")
-        fresh = await refresher.ensure_fresh(grant)
-        if fresh is not grant:
-            grants.remember(fresh)
+        fresh = await _fresh(request, grant)
         return Credential("key", fresh.access_token, fresh)
     refresh_token = request.headers.get("X-Refresh-Token", "").strip()
     if refresh_token:
-        grant = await grants.adopted_grant(refresh_token)
+        grant = await grants.alias_grant(refresh_token)
         if grant is None:
-            epoch = grants.epoch
-            grant = await refresher.adopt(token, refresh_token)
-            grants.remember_adopted(refresh_token, grant, epoch)
-        fresh = await refresher.ensure_fresh(grant)
-        if fresh is not grant:
-            grants.remember(fresh)
+            grant = await _open_old_pair(request, token, refresh_token)
+        fresh = await _fresh(request, grant)
         return Credential("legacy", fresh.access_token, fresh)
     return Credential("passthrough", token)
+
+
+async def _fresh(request: web.Request, grant: Grant) -> Grant:
+    """``grant`` refreshed when due, and remembered by the grant cache if it was."""
+    fresh = await request.app[refresher_key].ensure_fresh(grant)
+    if fresh is not grant:
+        request.app[grant_cache_key].remember(fresh)
+    return fresh
+
+
+async def _open_old_pair(request: web.Request, access_token: str, refresh_token: str) -> Grant:
+    """The grant an old widget's pair opens; an unknown pair is proven at Twitch first.
+
+    Proving costs Twitch a validate and a refresh made with our client secret,
+    so it spends from the caller's ``POST /refresh`` rate limit and holds a
+    slot of the total concurrency, as ``POST /refresh`` does.
+    """
+    grants = request.app[grant_cache_key]
+    refresher = request.app[refresher_key]
+    epoch = grants.epoch
+    found = await refresher.open_alias(refresh_token)
+    if found is None:
+        guard = request.app[abuse_guard_key]
+        guard.spend("refresh", request)
+        await guard.take_total_slot()
+        try:
+            found = await refresher.prove_pair(access_token, refresh_token)
+        finally:
+            guard.total.release("")
+    grant, ref = found
+    if ref is not None:
+        grants.remember_alias(refresh_token, ref, grant, epoch)
+    return grant
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -229,69 +248,65 @@ async def helix_proxy(request: web.Request) -> web.StreamResponse:
     return await _forward(request, url, credential, body)
 
 
-def _ratelimit_bucket(credential: Credential) -> str:
-    """Twitch's rate-limit bucket: per user for user tokens, one for the app token."""
-    if credential.grant is not None:
-        grant = credential.grant
-        return f"user:{grant.user_id}" if grant.user_id else f"grant:{grant.grant_id}"
-    if credential.mode == "app":
-        return "app"
-    return "token:" + token_hash(credential.access_token)
-
-
 async def _shared_get(request: web.Request, url: URL, path: str,
                       credential: Credential) -> web.Response:
     """A GET answered by one upstream call shared with identical concurrent GETs.
 
-    Identical means same credential (grant), URL, Accept and Accept-Encoding;
-    the answer is read whole before anyone gets a copy. ``helix.cache`` may
-    keep it for a few seconds (see :mod:`proxy.cache`).
+    Identical means same credential mode and grant (or bare token), URL,
+    Accept and Accept-Encoding; the answer is read whole before anyone gets a
+    copy. ``helix.cache`` may keep it for a few seconds (see :mod:`proxy.cache`).
+    The shared answer never carries a credential: each caller's own headers
+    (an old widget's current pair) are added to its own copy only.
     """
     headers = request.headers
-    key = (_ratelimit_bucket(credential) if credential.grant is None
-           else credential.grant.grant_id,
+    key = (credential.mode,
+           credential.bucket if credential.grant is None else credential.grant.grant_id,
            str(url), headers.get("Accept"), headers.get("Accept-Encoding"))
 
     own: list[web.Response] = []
 
     async def fetch() -> SharedAnswer:
-        response = await _forward(request, url, credential, b"", whole=True)
+        response = await _forward(request, url, credential, b"", whole=True, shared=True)
         assert isinstance(response, web.Response) and isinstance(response.body, bytes)
         own.append(response)
         # Its live headers: SharedGets copies them only if someone else needs them.
         return SharedAnswer(response.status, response.headers, response.body)
 
-    answer, from_cache = await request.app[shared_gets_key].fetch(key, path, fetch)
+    answer, _ = await request.app[shared_gets_key].fetch(key, path, fetch)
     if own:
-        return own[0]  # this request made the call: its response needs no copy
-    response_headers = CIMultiDict(answer.headers)
-    if from_cache and credential.mode == "legacy":
-        for name in ("X-Access-Token", "X-Refresh-Token"):
-            response_headers.popall(name, None)
-    response = web.Response(status=answer.status, body=answer.body, headers=response_headers)
-    if from_cache:
-        _credential_headers(response, credential)  # the grant's pair as of now
+        response = own[0]  # this request made the call: its response needs no copy
+    else:
+        response = web.Response(status=answer.status, body=answer.body,
+                                headers=CIMultiDict(answer.headers))
+    if credential.mode == "legacy":
+        # The grant as of now: the call may have refreshed it for everyone.
+        assert credential.grant is not None
+        grants = request.app[grant_cache_key]
+        current = await grants.cached_grant(credential.grant.grant_id) or credential.grant
+        _credential_headers(response, Credential("legacy", current.access_token, current))
     return response
 
 
 async def _forward(request: web.Request, url: URL, credential: Credential, body: bytes,
-                   *, whole: bool = False) -> web.StreamResponse:
+                   *, whole: bool = False, shared: bool = False) -> web.StreamResponse:
     """Call Helix (refresh once on 401, retry a 503 once) and answer what it said.
 
-    ``whole`` reads the answer completely instead of streaming large ones.
+    ``whole`` reads the answer completely instead of streaming large ones;
+    ``shared`` leaves the caller's credential headers out of it (the caller
+    adds its own: see :func:`_shared_get`).
     """
     # Concurrency limits (total: 503, per grant: 429) count calls to Twitch.
     slot = await acquire_upstream_slots(request, credential)
     try:
-        return await _call_helix(request, url, credential, body, whole=whole)
+        return await _call_helix(request, url, credential, body, whole=whole, shared=shared)
     finally:
         release_upstream_slots(request, slot)
 
 
 async def _call_helix(request: web.Request, url: URL, credential: Credential, body: bytes,
-                      *, whole: bool) -> web.StreamResponse:
+                      *, whole: bool, shared: bool) -> web.StreamResponse:
     app = request.app
-    bucket = _ratelimit_bucket(credential)
+    bucket = credential.bucket
     config = app[config_key]
     client = app[helix_client_key]
     gate = app[ratelimit_gate_key]
@@ -319,7 +334,7 @@ async def _call_helix(request: web.Request, url: URL, credential: Credential, bo
                 renewed = await _after_401(request, credential, payload,
                                            upstream.headers.get("Content-Encoding", ""))
                 if renewed is None:
-                    return _answer(upstream, payload, credential)
+                    return _answer(upstream, payload, None if shared else credential)
                 retried_401, credential = True, renewed
                 continue
             if upstream.status == 503 and not retried_503:
@@ -327,7 +342,8 @@ async def _call_helix(request: web.Request, url: URL, credential: Credential, bo
                 await asyncio.sleep(0.1)
                 continue
             check_gateway_answer(upstream.status, upstream.content_type)  # an HTML 5xx page
-            return await _relay(request, upstream, credential, whole=whole)
+            return await _relay(request, upstream, None if shared else credential,
+                                whole=whole)
         finally:
             upstream.release()
 
@@ -351,16 +367,16 @@ async def _after_401(request: web.Request, credential: Credential, payload: byte
     return Credential(credential.mode, grant.access_token, grant)
 
 
-def _credential_headers(response: web.StreamResponse, credential: Credential) -> None:
+def _credential_headers(response: web.StreamResponse, credential: Credential | None) -> None:
     """Old widgets may read the grant's current pair from these headers."""
-    if credential.mode == "legacy" and credential.grant is not None:
+    if credential is not None and credential.mode == "legacy" and credential.grant is not None:
         response.headers["X-Access-Token"] = credential.grant.access_token
         response.headers["X-Refresh-Token"] = credential.grant.refresh_token
         response.headers["Cache-Control"] = "no-store"
 
 
 def _answer(upstream: HelixResponse, payload: bytes,
-            credential: Credential) -> web.Response:
+            credential: Credential | None) -> web.Response:
     """Twitch's answer with a body already read."""
     headers = _response_headers(upstream.headers)
     headers.pop("Content-Length", None)
@@ -372,7 +388,7 @@ def _answer(upstream: HelixResponse, payload: bytes,
 
 
 async def _relay(request: web.Request, upstream: HelixResponse,
-                 credential: Credential, *, whole: bool = False) -> web.StreamResponse:
+                 credential: Credential | None, *, whole: bool = False) -> web.StreamResponse:
     """Pass Twitch's answer on: whole when small (or ``whole``), else streamed."""
     length = upstream.content_length
     if whole or (length is not None and length <= _WHOLE_BODY_LIMIT):
@@ -407,4 +423,5 @@ def setup_helix(app: web.Application) -> None:
     """
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         app.router.add_route(method, "/helix/{path:.*}", helix_proxy)
+
 

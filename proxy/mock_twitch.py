@@ -367,27 +367,36 @@ class MockTwitch:
             raise KeyError(f"unknown user {user_id!r}")
         return self.mint_user_tokens(self.client_id, user_id, scopes)
 
-    def mint_user_tokens(self, client_id: str, user_id: str, scopes: list[str]) -> dict[str, Any]:
-        """Create a user access token and its refresh token; return Twitch's token JSON."""
+    def mint_user_tokens(self, client_id: str, user_id: str, scopes: list[str], *,
+                         with_refresh_token: bool = True) -> dict[str, Any]:
+        """Create a user access token and its refresh token; return Twitch's token JSON.
+
+        Without ``with_refresh_token`` the access token stands alone, as one
+        from Twitch's implicit flow or a token generator site would.
+        """
         scopes = list(scopes)
-        refresh = RefreshToken(_random_refresh_token(), client_id, user_id, scopes)
+        refresh = RefreshToken(_random_refresh_token(), client_id, user_id, scopes) \
+            if with_refresh_token else None
         access = AccessToken(
             value=_random_token(),
             client_id=client_id,
             user_id=user_id,
             scopes=scopes,
             expires_at=self.now() + self.access_ttl,
-            refresh_token=refresh.value,
+            refresh_token=refresh.value if refresh else None,
         )
-        self.refresh_tokens[refresh.value] = refresh
+        if refresh is not None:
+            self.refresh_tokens[refresh.value] = refresh
         self.access_tokens[access.value] = access
-        return {
+        answer: dict[str, Any] = {
             "access_token": access.value,
             "expires_in": self.access_ttl,
-            "refresh_token": refresh.value,
             "scope": scopes,
             "token_type": "bearer",
         }
+        if refresh is not None:
+            answer["refresh_token"] = refresh.value
+        return answer
 
     def mint_app_token(self, client_id: str) -> dict[str, Any]:
         """Create an app access token (client_credentials); return Twitch's token JSON."""
@@ -1148,18 +1157,23 @@ async def control_revoke_refresh(request: web.Request) -> web.Response:
 
 
 async def control_issue(request: web.Request) -> web.Response:
-    """``POST /_mock/issue`` ``{"user_id", "scopes"}``: Twitch's token JSON."""
+    """``POST /_mock/issue`` ``{"user_id", "scopes", "client_id", "refresh_token"}``.
+
+    Twitch's token JSON for a user, as if they had consented: by default to
+    this mock's own client, with a refresh token. ``client_id`` mints it for
+    another application; ``"refresh_token": false`` mints a bare access token.
+    """
     state = _state(request)
     body = await _json_body(request)
     scopes = body.get("scopes", [])
     if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
         raise _bad_control("scopes must be a list of strings")
-    try:
-        return web.json_response(
-            state.issue_tokens(str(body.get("user_id", state.signed_in_user_id)), scopes)
-        )
-    except KeyError:
-        raise _bad_control("unknown user_id") from None
+    user_id = str(body.get("user_id", state.signed_in_user_id))
+    if user_id not in state.users:
+        raise _bad_control("unknown user_id")
+    return web.json_response(state.mint_user_tokens(
+        str(body.get("client_id", state.client_id)), user_id, scopes,
+        with_refresh_token=bool(body.get("refresh_token", True))))
 
 
 async def control_hold_refresh(request: web.Request) -> web.Response:

@@ -2,8 +2,11 @@
 
 ``/login`` starts Twitch's authorization code flow with a single-use state
 bound to the browser by a cookie; ``/callback`` checks that state before it
-talks to Twitch, exchanges the code, learns who the user is, stores the grant
-and mints a proxy key; ``POST /refresh`` is the old widgets' refresh call,
+talks to Twitch, exchanges the code, learns who the user is, checks that
+Twitch granted no scope beyond what the login asked for (and this proxy
+offers), stores the grant through :meth:`proxy.refresh.Refresher.store_login`
+(a new chain; never fewer scopes than the user's widgets already have) and
+mints a proxy key; ``POST /refresh`` is the old widgets' refresh call,
 backed by :mod:`proxy.refresh` so that concurrent and repeated calls with one
 refresh token cost Twitch a single refresh.
 """
@@ -26,11 +29,11 @@ from .errors import (
     InvalidRequest,
     InvalidState,
     ProxyError,
+    ScopesNotAllowed,
     UpstreamBadResponse,
 )
 from .forwarded import is_https, redirect_uri_for
-from .grants import ACTIVE, Grant, token_hash
-from .refresh import new_grant_id
+from .grants import token_hash
 from .requestlog import note_grant
 
 __all__ = ["STATE_COOKIE", "setup_oauth", "wants_json"]
@@ -143,26 +146,26 @@ async def _finish_login(request: web.Request) -> dict[str, Any]:
     identity = await twitch.validate(tokens.access_token)
     if identity is None or identity.user_id is None:
         raise UpstreamBadResponse("Twitch did not confirm the new token.")
+    # The user can edit Twitch's authorize URL: what Twitch granted must stay
+    # within what this login asked for, which /login kept within what the
+    # proxy offers (checked again: the configuration may have changed since).
+    granted = set(tokens.scopes or identity.scopes)
+    beyond = sorted(granted - (set(pending["scopes"]) & set(config.twitch.allowed_scopes)))
+    if beyond:
+        await twitch.revoke_quietly(tokens.refresh_token, tokens.access_token)
+        raise ScopesNotAllowed(
+            "Twitch granted permissions this login did not ask for "
+            f"({' '.join(beyond)}), so its tokens were revoked and nothing was stored. "
+            "Start again from this proxy's front page without changing Twitch's address.",
+            scopes=beyond,
+        )
     allowed = {login.lower() for login in config.auth.allowed_logins}
     if allowed and (identity.login or "").lower() not in allowed:
-        await twitch.revoke(tokens.access_token)
+        await twitch.revoke_quietly(tokens.refresh_token, tokens.access_token)
         raise Forbidden("This Twitch account is not allowed to use this proxy.")
 
     now = time.time()
-    changes: dict[str, Any] = dict(
-        user_id=identity.user_id, login=identity.login, scopes=tokens.scopes or identity.scopes,
-        access_token=tokens.access_token, refresh_token=tokens.refresh_token,
-        expires_at=tokens.expires_at(now), state=ACTIVE, last_validated_at=now,
-    )
-    grant: Grant | None = None
-    existing = await grants.grant_of_user(identity.user_id)
-    if existing is not None:
-        # One grant per user: logging in again revives the keys widgets already hold.
-        await grants.index_refresh_token(tokens.refresh_token, existing, "current")
-        grant = await grants.update(existing, **changes)
-    if grant is None:
-        grant = Grant(grant_id=new_grant_id(), created_at=now, updated_at=now, **changes)
-        await grants.create(grant)
+    grant = await request.app[refresher_key].store_login(identity, tokens)
     key, _ = await grants.create_key(grant.grant_id)
     note_grant(grant.grant_id)
     return {

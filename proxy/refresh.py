@@ -16,8 +16,17 @@
    seconds ago gets the grant's current pair instead of Twitch's "Invalid
    refresh token", because several copies of one widget share one token.
 5. **Permanent vs transient.** Twitch refusing the refresh token marks the
-   grant ``needs_reauth`` and Twitch is not asked again for it; a 5xx or a
-   timeout keeps the token and raises a retryable error.
+   grant ``needs_reauth`` and ends its chain; Twitch is not asked again for
+   it. A 5xx or a timeout keeps the token and raises a retryable error.
+6. **Proven before stored.** A refresh token the proxy does not know opens
+   nothing until Twitch accepted it: it is refreshed with our client secret,
+   the new token is validated (our ``client_id``; with an old widget's pair,
+   the same user as the pair's access token) and only then stored, as a new
+   grant on a new chain that never claims the user's ``user:`` index.
+7. **Chains end for good.** A login, a revocation or a permanent refusal
+   ends the grant's chain (:mod:`proxy.grants`): none of its refresh-token
+   aliases opens anything again, and a rotation racing with the end is
+   revoked at Twitch instead of written.
 """
 
 from __future__ import annotations
@@ -25,17 +34,32 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .errors import ReauthorizationRequired, TwitchRefused, UpstreamError
-from .grants import ACTIVE, NEEDS_REAUTH, Grant, GrantStore, LoadedGrant, token_hash
+from .errors import (
+    InvalidTwitchToken,
+    ReauthorizationRequired,
+    ScopesNarrowed,
+    TwitchRefused,
+    UpstreamBadResponse,
+    UpstreamError,
+)
+from .grants import (
+    ACTIVE,
+    NEEDS_REAUTH,
+    Grant,
+    GrantStore,
+    LoadedGrant,
+    RefreshTokenRef,
+    new_chain,
+    token_hash,
+)
 from .store.base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT, StoreUnavailable
-from .twitch import TokenSet, TwitchClient
+from .twitch import Identity, TokenSet, TwitchClient
 
-__all__ = ["EXPIRY_MARGIN", "AppTokenProvider", "RefreshOutcome", "Refresher", "new_grant_id"]
+__all__ = ["EXPIRY_MARGIN", "AppTokenProvider", "RefreshOutcome", "Refresher"]
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +89,6 @@ def _log_outcome(outcome: str, grant_id: str | None, **details: str | int) -> No
     log.log(level, "refresh %s%s", text, note, extra={"fields": fields})
 
 
-def new_grant_id() -> str:
-    """A fresh, public, non-secret grant id."""
-    return "g_" + secrets.token_hex(8)
-
-
 class Refresher:
     """Refreshes grants once for everyone; see the module docstring for the rules."""
 
@@ -82,7 +101,7 @@ class Refresher:
         self._login_url = login_url
         self._lock_lease = lock_lease
         self._on_outcome = on_outcome or (lambda outcome: None)
-        self._flights: dict[str, asyncio.Task[Grant]] = {}
+        self._flights: dict[str, asyncio.Task[Any]] = {}
         # Rotations Twitch made that the store could not take (it was away):
         # grant id -> (the refresh token Twitch spent, the new pair). Written
         # on the grant's next refresh instead of spending a dead token.
@@ -111,47 +130,118 @@ class Refresher:
     async def exchange(self, refresh_token: str) -> Grant:
         """What ``POST /refresh`` does with a refresh token a widget sent.
 
-        A token of a grant the proxy holds refreshes that grant (once for all
-        callers); a token it rotated recently, or adopted from an old widget,
-        gets the grant's current pair; an unknown token is refreshed at Twitch
-        and the result kept as a new grant so that its rotation is remembered.
+        The current token of a grant refreshes that grant (once for all
+        callers); another alias the grant still honours gets its current pair;
+        an alias of an ended chain is refused; an unknown token is proven at
+        Twitch and kept as a new grant, so that its rotation is remembered.
+        """
+        found = await self.open_alias(refresh_token, promote=False)
+        if found is None:
+            grant, _ = await self._single_flight(
+                f"rt:{token_hash(refresh_token)}", lambda: self._prove_locked(refresh_token))
+            return grant
+        grant, _ = found
+        if grant.refresh_token == refresh_token:
+            return await self.refresh(grant.grant_id, stale_access_token=grant.access_token)
+        self._on_outcome(RefreshOutcome.COALESCED)
+        return await self.ensure_fresh(grant)
+
+    async def open_alias(self, refresh_token: str, *, promote: bool = True
+                         ) -> tuple[Grant, RefreshTokenRef | None] | None:
+        """The grant a known refresh token opens, with the alias to remember it by.
+
+        None when the proxy has never seen the token (prove it with
+        :meth:`prove_pair`); :class:`ReauthorizationRequired` when it is an
+        alias of an ended chain or past its replay window. With ``promote``
+        (an old widget's pair), the grant's *current* refresh token becomes an
+        ``adopted`` alias of the chain: it is the widget's own original token,
+        already proven, and the widget cannot save a rotation. The alias is
+        None when it must not be remembered (a lookup that raced a rotation).
         """
         ref = await self._grants.find_refresh_token(refresh_token)
-        if ref is not None:
-            # A moment-stale grant is fine here: a refresh reloads under the lock.
-            grant = await self._grants.cached_grant(ref.grant_id)
-            if grant is not None:
-                if grant.refresh_token == refresh_token:
-                    if grant.state != ACTIVE:
-                        raise self._reauth()
-                    return await self.refresh(grant.grant_id,
-                                              stale_access_token=grant.access_token)
-                self._on_outcome(RefreshOutcome.COALESCED)
-                return await self.ensure_fresh(grant)
-        return await self._single_flight(
-            f"rt:{token_hash(refresh_token)}", lambda: self._adopt_locked(refresh_token)
-        )
+        if ref is None:
+            return None
+        grant = await self._grants.cached_grant(ref.grant_id)
+        if grant is None or not ref.opens(grant):
+            raise self._reauth()
+        if ref.kind == "current":
+            if promote:
+                # Decided on the stored grant, not a cached copy: only the token
+                # the grant holds right now may become a lasting alias.
+                stored = await self._grants.get(ref.grant_id)
+                if stored is not None and ref.opens(stored) \
+                        and stored.refresh_token == refresh_token:
+                    await self._grants.index_refresh_token(refresh_token, stored.grant_id,
+                                                           "adopted", chain=stored.chain)
+                    return stored, RefreshTokenRef(stored.grant_id, "adopted", stored.chain)
+            if grant.refresh_token != refresh_token:
+                return grant, None  # rotated a moment ago: its window is being written
+        return grant, ref
 
-    async def adopt(self, access_token: str, refresh_token: str) -> Grant:
-        """The grant behind an old widget's pair, created on first sight.
+    async def prove_pair(self, access_token: str, refresh_token: str
+                         ) -> tuple[Grant, RefreshTokenRef | None]:
+        """A new grant for an old widget's unknown pair, once Twitch proved it.
 
-        The refresh token is indexed as ``adopted``, so this same stale pair
-        keeps opening the grant forever, however often it rotates.
+        Costs one validate, one refresh and one validate, once for all callers
+        with this refresh token. A pair whose access token Twitch issued to
+        another app is refused before any refresh; a pair whose two tokens
+        belong to different users is refused and the new tokens revoked.
         """
-        ref = await self._grants.find_refresh_token(refresh_token)
-        if ref is not None:
-            grant = await self._grants.get(ref.grant_id)
-            if grant is not None:
-                if ref.kind != "adopted":
-                    # The widget cannot save a rotated token: its pair must keep
-                    # working after the replay window too.
-                    await self._grants.index_refresh_token(refresh_token, grant.grant_id,
-                                                           "adopted")
-                return grant
         return await self._single_flight(
             f"rt:{token_hash(refresh_token)}",
-            lambda: self._adopt_pair_locked(access_token, refresh_token),
-        )
+            lambda: self._prove_locked(refresh_token, access_token=access_token))
+
+    async def store_login(self, identity: Identity, tokens: TokenSet) -> Grant:
+        """The user's grant after a login: new, or the existing one on a new chain.
+
+        The existing grant keeps its id and its proxy keys; every refresh-token
+        alias of its old chain ends. A login that would take scopes away from
+        an active grant changes nothing (:class:`ScopesNarrowed`), and its new
+        tokens are revoked: a page the user visits must not be able to narrow
+        what their widgets may do by sending them through /login.
+        """
+        assert identity.user_id is not None
+        existing = await self._grants.grant_of_user(identity.user_id)
+        if existing is None:
+            now = time.time()
+            grant = Grant.new(
+                user_id=identity.user_id, login=identity.login,
+                scopes=tokens.scopes or identity.scopes, access_token=tokens.access_token,
+                refresh_token=tokens.refresh_token, expires_at=tokens.expires_at(now), now=now,
+                last_validated_at=now,
+            )
+            await self._grants.create(grant)
+            if await self._grants.claim_user(identity.user_id, grant.grant_id):
+                return grant
+            # Another login of this user claimed it first: ours joins that grant.
+            await self._grants.delete(grant.grant_id)
+            existing = await self._grants.grant_of_user(identity.user_id)
+            if existing is None:
+                raise UpstreamBadResponse("Two logins of one user collided; log in again.")
+        grant_id = existing
+        return await self._locked(f"grant:{grant_id}",
+                                  lambda: self._relogin_locked(grant_id, identity, tokens))
+
+    async def end_chain(self, grant_id: str, *, revoke_at_twitch: bool) -> bool:
+        """End the grant's chain: ``needs_reauth``, and none of its aliases opens again.
+
+        With ``revoke_at_twitch`` the refresh and access tokens are revoked at
+        Twitch too; returns whether Twitch knew the refresh token. Runs under
+        the grant's refresh lock, so a refresh in flight cannot revive it.
+        """
+        async def work() -> bool:
+            grant = await self._grants.get(grant_id)
+            if grant is None:
+                return False
+            revoked = False
+            if revoke_at_twitch:
+                # Revoking the refresh token ends the whole chain at Twitch.
+                revoked = await self._twitch.revoke(grant.refresh_token)
+                await self._twitch.revoke(grant.access_token)
+            await self._end_locked(grant_id)
+            return revoked
+
+        return await self._locked(f"grant:{grant_id}", work)
 
     async def aclose(self) -> None:
         """Let refreshes in flight finish (their rotations must be stored)."""
@@ -160,7 +250,7 @@ class Refresher:
 
     # -- flights ---------------------------------------------------------------------
 
-    async def _single_flight(self, name: str, work: Callable[[], Awaitable[Grant]]) -> Grant:
+    async def _single_flight(self, name: str, work: Callable[[], Awaitable[T]]) -> T:
         task = self._flights.get(name)
         if task is None:
             task = asyncio.ensure_future(self._locked(name, work))
@@ -169,9 +259,10 @@ class Refresher:
         else:
             self._on_outcome(RefreshOutcome.COALESCED)
         # shield: a caller that goes away must not cancel a rotation in progress.
-        return await asyncio.shield(task)
+        result: T = await asyncio.shield(task)
+        return result
 
-    async def _locked(self, name: str, work: Callable[[], Awaitable[Grant]]) -> Grant:
+    async def _locked(self, name: str, work: Callable[[], Awaitable[T]]) -> T:
         # Wait past the lease: a waiter must outlive a holder that died.
         wait = max(DEFAULT_LOCK_WAIT, self._lock_lease + 5.0)
         async with self._grants.store.lock(f"refresh:{name}", lease=self._lock_lease,
@@ -192,6 +283,8 @@ class Refresher:
         grant = loaded.grant
         if grant.access_token != stale_access_token:
             self._on_outcome(RefreshOutcome.COALESCED)
+            if grant.state != ACTIVE:
+                raise self._reauth()
             return grant
         unsaved = self._unsaved.get(grant_id)
         if unsaved is not None and unsaved[0] == grant.refresh_token:
@@ -206,7 +299,7 @@ class Refresher:
         """Store a rotation; if the store is away, keep it in memory for the next try.
 
         Twitch has already spent the old refresh token, so dropping the new pair
-        would lose the grant (twitch-facts: refresh tokens are single use).
+        would lose the grant (Twitch's refresh tokens are single use).
         """
         grant_id = loaded.grant.grant_id
         try:
@@ -219,59 +312,132 @@ class Refresher:
         self._unsaved.pop(grant_id, None)
         return grant
 
-    async def _adopt_locked(self, refresh_token: str) -> Grant:
-        # Another process may have adopted this token while we waited.
-        ref = await self._grants.find_refresh_token(refresh_token)
-        grant = await self._grants.get(ref.grant_id) if ref else None
-        if grant is not None:
-            if grant.refresh_token == refresh_token:  # became a grant's current token
-                return await self.refresh(grant.grant_id, stale_access_token=grant.access_token)
+    async def _prove_locked(self, refresh_token: str, *,
+                            access_token: str | None = None
+                            ) -> tuple[Grant, RefreshTokenRef | None]:
+        """Prove an unknown refresh token at Twitch and keep it as a new grant.
+
+        ``access_token`` is an old widget's half of the pair (None for
+        ``POST /refresh``). Nothing is stored unless Twitch accepted the token.
+        """
+        # Another process may have proven this token while we waited.
+        found = await self.open_alias(refresh_token, promote=False)
+        if found is not None:
             self._on_outcome(RefreshOutcome.COALESCED)
-            return await self.ensure_fresh(grant)
-        tokens = await self._call_twitch(None, refresh_token)
+            return await self.ensure_fresh(found[0]), found[1]
+        claimed = None
+        if access_token is not None:
+            claimed = await self._twitch.validate(access_token)
+            if claimed is not None and (claimed.client_id != self._twitch.client_id
+                                        or claimed.user_id is None):
+                raise InvalidTwitchToken(
+                    "This access token was not issued to this proxy's Twitch app for a user; "
+                    "the proxy does not refresh it.")
+        try:
+            tokens = await self._call_twitch(None, refresh_token)
+        except TwitchRefused as exc:
+            if access_token is None or not exc.permanent:
+                raise  # POST /refresh answers Twitch's own refusal, as the old tool did
+            raise self._reauth() from None
+        proven = await self._identity_of_new(tokens)
+        if proven is not None and (proven.client_id != self._twitch.client_id
+                                   or proven.user_id is None
+                                   or (claimed is not None
+                                       and proven.user_id != claimed.user_id)):
+            await self._twitch.revoke_quietly(tokens.refresh_token, tokens.access_token)
+            raise InvalidTwitchToken(
+                "The access token and the refresh token do not belong to the same Twitch "
+                "user of this app; nothing was stored.")
         now = time.time()
-        grant = Grant(
-            grant_id=new_grant_id(), user_id=None, login=None, scopes=tokens.scopes,
+        grant = Grant.new(
+            user_id=proven.user_id if proven else None, login=proven.login if proven else None,
+            scopes=tokens.scopes or (proven.scopes if proven else ()),
             access_token=tokens.access_token, refresh_token=tokens.refresh_token,
-            expires_at=tokens.expires_at(now), created_at=now, updated_at=now,
-            last_refresh_at=now,
+            expires_at=tokens.expires_at(now), now=now, last_refresh_at=now,
+            last_validated_at=now if proven else None,
         )
         await self._grants.create(grant)
-        await self._remember_rotated(refresh_token, grant.grant_id)
-        _log_outcome(RefreshOutcome.SUCCESS, grant.grant_id, note="new grant from /refresh")
-        return grant
+        ref: RefreshTokenRef | None
+        if access_token is None:
+            # The widget got the new pair: its old token is replayed for the window.
+            ref = await self._remember_rotated(refresh_token, grant)
+            note = "new grant from /refresh"
+        else:
+            # An old widget's own original token: it can never save a rotation.
+            await self._grants.index_refresh_token(refresh_token, grant.grant_id, "adopted",
+                                                   chain=grant.chain)
+            ref = RefreshTokenRef(grant.grant_id, "adopted", grant.chain)
+            note = "adopted an old widget's pair"
+        _log_outcome(RefreshOutcome.SUCCESS, grant.grant_id, note=note)
+        return grant, ref
 
-    async def _adopt_pair_locked(self, access_token: str, refresh_token: str) -> Grant:
-        ref = await self._grants.find_refresh_token(refresh_token)
-        if ref is not None:
-            grant = await self._grants.get(ref.grant_id)
-            if grant is not None:
-                return grant
-        identity = await self._twitch.validate(access_token)
+    async def _identity_of_new(self, tokens: TokenSet) -> Identity | None:
+        """Who a token Twitch just issued belongs to; None when Twitch cannot say now.
+
+        Twitch has already spent the old refresh token, so a failing validate
+        must not lose the new pair: the grant is kept without a user, and the
+        hourly validation fills nothing in but still checks it.
+        """
+        try:
+            identity = await self._twitch.validate(tokens.access_token)
+        except UpstreamError as exc:
+            log.warning("could not validate a newly refreshed token (%s); keeping it", exc.code)
+            return None
+        if identity is None:
+            raise UpstreamBadResponse("Twitch did not confirm the token it just issued.")
+        return identity
+
+    async def _relogin_locked(self, grant_id: str, identity: Identity,
+                              tokens: TokenSet) -> Grant:
+        scopes = tokens.scopes or identity.scopes
         now = time.time()
-        grant = Grant(
-            grant_id=new_grant_id(),
-            user_id=identity.user_id if identity else None,
-            login=identity.login if identity else None,
-            scopes=identity.scopes if identity else (),
-            access_token=access_token, refresh_token=refresh_token,
-            # Unknown or dead access token: due now, refreshed on first use.
-            expires_at=now + identity.expires_in if identity else now,
-            created_at=now, updated_at=now, last_validated_at=now if identity else None,
-        )
-        await self._grants.create(grant)
-        await self._grants.index_refresh_token(refresh_token, grant.grant_id, "adopted")
-        log.info("adopted an old widget's refresh token as grant=%s", grant.grant_id)
-        return grant
+        while True:
+            loaded = await self._grants.load(grant_id)
+            if loaded is None:
+                raise UpstreamBadResponse("The grant was deleted during the login; log in again.")
+            old = loaded.grant
+            lost = sorted(set(old.scopes) - set(scopes))
+            if old.state == ACTIVE and lost:
+                await self._twitch.revoke_quietly(tokens.refresh_token, tokens.access_token)
+                raise ScopesNarrowed(
+                    "This login asked Twitch for fewer permissions than your widgets already "
+                    f"have (missing: {' '.join(lost)}), so nothing was changed and its new "
+                    "tokens were revoked. To keep every permission, log in again with all "
+                    "of them; to drop some, revoke your key first.",
+                    missing_scopes=lost,
+                    scopes=sorted(set(old.scopes) | set(scopes)),
+                )
+            new = dataclasses.replace(
+                old, user_id=identity.user_id, login=identity.login, scopes=scopes,
+                access_token=tokens.access_token, refresh_token=tokens.refresh_token,
+                expires_at=tokens.expires_at(now), state=ACTIVE, chain=new_chain(),
+                updated_at=now, last_validated_at=now,
+            )
+            await self._grants.index_refresh_token(new.refresh_token, grant_id, "current",
+                                                   chain=new.chain)
+            if await self._grants.replace(loaded, new):
+                break
+        # A login starts a new chain: every alias of the old one ends here.
+        await self._grants.end_aliases(grant_id, keep_chain=new.chain)
+        log.info("login grant=%s started a new token chain", grant_id)
+        return new
 
-    async def _remember_rotated(self, refresh_token: str, grant_id: str) -> None:
+    async def _end_locked(self, grant_id: str) -> None:
+        """Mark the grant ``needs_reauth`` and end its chain and every alias."""
+        await self._grants.update(grant_id, state=NEEDS_REAUTH, chain=None)
+        await self._grants.end_aliases(grant_id)
+
+    async def _remember_rotated(self, refresh_token: str, grant: Grant) -> RefreshTokenRef | None:
         """Keep a spent refresh token replayable for ``replay_window`` seconds."""
         if self._replay_window > 0:
             await self._grants.index_refresh_token(
-                refresh_token, grant_id, "rotated", ttl=self._replay_window
+                refresh_token, grant.grant_id, "rotated", chain=grant.chain,
+                ttl=self._replay_window,
             )
-        else:
-            await self._grants.forget_refresh_token(refresh_token)
+            return RefreshTokenRef(grant.grant_id, "rotated", grant.chain,
+                                   until=time.time() + self._replay_window)
+        await self._grants.forget_refresh_token(refresh_token)
+        return None
 
     async def _call_twitch(self, grant_id: str | None, refresh_token: str) -> TokenSet:
         try:
@@ -279,7 +445,7 @@ class Refresher:
         except TwitchRefused as exc:
             if exc.permanent and grant_id is not None:
                 self._on_outcome(RefreshOutcome.PERMANENT_FAILURE)
-                await self._grants.update(grant_id, state=NEEDS_REAUTH)
+                await self._end_locked(grant_id)
                 _log_outcome(RefreshOutcome.PERMANENT_FAILURE, grant_id, status=exc.status,
                              note="grant needs re-authorization")
                 raise self._reauth() from None
@@ -295,31 +461,45 @@ class Refresher:
             raise
 
     async def _store_rotation(self, loaded: LoadedGrant, tokens: TokenSet) -> Grant:
-        """Write Twitch's new pair; retried against concurrent non-token edits."""
+        """Write Twitch's new pair; retried against concurrent non-token edits.
+
+        If the grant's chain changed meanwhile (a login, a revocation, the
+        admin), the rotation belongs to a chain that no longer exists: it is
+        revoked at Twitch instead of written over the newer state.
+        """
         old = loaded.grant
         ref = await self._grants.find_refresh_token(old.refresh_token)
         # Index the new token first: if we die after this, the token is findable.
-        await self._grants.index_refresh_token(tokens.refresh_token, old.grant_id, "current")
+        await self._grants.index_refresh_token(tokens.refresh_token, old.grant_id, "current",
+                                               chain=old.chain)
         now = time.time()
         while True:
+            current = loaded.grant
+            if (current.refresh_token != old.refresh_token or current.chain != old.chain
+                    or current.state != ACTIVE):
+                await self._grants.forget_refresh_token(tokens.refresh_token)
+                await self._twitch.revoke_quietly(tokens.refresh_token, tokens.access_token)
+                log.warning("refresh grant=%s: the chain ended while Twitch rotated it; the "
+                            "new tokens were revoked", old.grant_id)
+                raise self._reauth()
             new = dataclasses.replace(
-                loaded.grant,
+                current,
                 access_token=tokens.access_token, refresh_token=tokens.refresh_token,
-                expires_at=tokens.expires_at(now), scopes=tokens.scopes or loaded.grant.scopes,
-                state=ACTIVE, updated_at=now, last_refresh_at=now,
+                expires_at=tokens.expires_at(now), scopes=tokens.scopes or current.scopes,
+                updated_at=now, last_refresh_at=now,
             )
             if await self._grants.replace(loaded, new):
                 break
-            # Someone changed the record (a state or validation stamp) without
-            # the refresh lock: apply our tokens on top of their version.
+            # Someone changed the record (a validation stamp, a state) without
+            # the refresh lock: look again before applying our tokens.
             reloaded = await self._grants.load(old.grant_id)
             if reloaded is None:
-                break
+                raise self._reauth()
             loaded = reloaded
-        # An old widget's adopted pair stays adopted forever; others are replayed
-        # for the window only.
-        if ref is None or ref.kind != "adopted":
-            await self._remember_rotated(old.refresh_token, old.grant_id)
+        # An old widget's adopted token stays an alias of the chain; others are
+        # replayed for the window only.
+        if ref is None or ref.kind != "adopted" or ref.chain != old.chain:
+            await self._remember_rotated(old.refresh_token, new)
         self._on_outcome(RefreshOutcome.SUCCESS)
         _log_outcome(RefreshOutcome.SUCCESS, old.grant_id)
         return new

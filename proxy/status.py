@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from . import pages
-from .app_keys import config_key, grants_key, twitch_key
+from .app_keys import config_key, grants_key, refresher_key
+from .credential import proxy_key_in
 from .errors import InvalidProxyKey, InvalidRequest, ProxyError
 from .grants import NEEDS_REAUTH, PROXY_KEY_PREFIX, Grant, KeyRecord
 from .oauth import wants_json
@@ -38,9 +39,8 @@ def grant_status(grant: Grant, login_url: str) -> dict[str, Any]:
 
 
 def _bearer_key(request: web.Request) -> str:
-    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key.startswith(PROXY_KEY_PREFIX):
+    key = proxy_key_in(request.headers.get("Authorization", ""))
+    if key is None:
         raise InvalidRequest("Send Authorization: Bearer <proxy key>.")
     return key
 
@@ -54,16 +54,12 @@ async def _grant_for_key(request: web.Request, key: str) -> tuple[KeyRecord, Gra
     return record, grant
 
 
-def _login_url(request: web.Request) -> str:
-    return f"{request.app[config_key].server.public_url}/login"
-
-
 async def status_get(request: web.Request) -> web.Response:
     """JSON for a key in the Authorization header; otherwise the form page."""
     if "Authorization" not in request.headers and not wants_json(request):
         return pages.status_page(request, None)
     _, grant = await _grant_for_key(request, _bearer_key(request))
-    return web.json_response(grant_status(grant, _login_url(request)),
+    return web.json_response(grant_status(grant, request.app[config_key].server.login_url),
                              headers={"Cache-Control": "no-store"})
 
 
@@ -77,22 +73,24 @@ async def status_post(request: web.Request) -> web.Response:
         _, grant = await _grant_for_key(request, key)
     except ProxyError as exc:
         return pages.status_page(request, None, error=exc)
-    return pages.status_page(request, grant_status(grant, _login_url(request)))
+    return pages.status_page(request, grant_status(grant, request.app[config_key].server.login_url))
 
 
 async def revoke(request: web.Request) -> web.Response:
-    """Revoke the presented key; with ``?twitch=true`` also the Twitch token."""
+    """Revoke the presented key; with ``?twitch=true`` also the grant's Twitch tokens.
+
+    Revoking at Twitch ends the grant's chain here too: it needs a new login,
+    and no refresh token of the old chain opens anything again (proxy.grants).
+    The grant's other keys stay revoked only if revoked themselves; they work
+    again once the user logs in again (SECURITY.md says why).
+    """
     key = _bearer_key(request)
     _, grant = await _grant_for_key(request, key)
-    grants = request.app[grants_key]
     twitch_revoked = False
     if request.query.get("twitch", "").lower() == "true":
-        twitch = request.app[twitch_key]
-        # Revoking the refresh token ends the whole chain at Twitch.
-        twitch_revoked = await twitch.revoke(grant.refresh_token)
-        await twitch.revoke(grant.access_token)
-        await grants.update(grant.grant_id, state=NEEDS_REAUTH)
-    await grants.revoke_key(key)
+        twitch_revoked = await request.app[refresher_key].end_chain(grant.grant_id,
+                                                                    revoke_at_twitch=True)
+    await request.app[grants_key].revoke_key(key)
     return web.json_response({"revoked": True, "twitch_revoked": twitch_revoked})
 
 

@@ -15,6 +15,7 @@ is the single boundary where network failures become proxy errors:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import aiohttp
 
 from .config import TwitchConfig
 from .errors import (
+    ProxyError,
     TwitchRefused,
     UpstreamBadResponse,
     UpstreamTimeout,
@@ -35,6 +37,8 @@ from .helix_client import ConnectFailed, UpstreamError
 
 __all__ = ["Identity", "TokenSet", "TwitchClient", "check_gateway_answer", "read_limited",
            "upstream_errors"]
+
+log = logging.getLogger(__name__)
 
 #: Twitch's token and validate answers are a few hundred bytes; anything far
 #: larger is a broken upstream, not a token.
@@ -144,6 +148,19 @@ class TwitchClient:
         self._revoke_url = f"{base}/oauth2/revoke"
         self.authorize_url = f"{base}/oauth2/authorize"
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+
+    @property
+    def client_id(self) -> str:
+        """This app's client id: a token whose ``client_id`` differs is someone else's."""
+        return self._config.client_id
+
+    async def revoke_quietly(self, *tokens: str) -> None:
+        """Revoke tokens the proxy will not keep; Twitch failing is only logged."""
+        for token in tokens:
+            try:
+                await self.revoke(token)
+            except ProxyError as exc:
+                log.warning("could not revoke a token at Twitch: %s", exc.code)
 
     # -- grants -------------------------------------------------------------
 

@@ -60,7 +60,6 @@ async def seed_grants(config: Any, mock: MockTwitch, count: int) -> list[Any]:
     """
     from proxy.app import cipher_for
     from proxy.grants import Grant, GrantStore
-    from proxy.refresh import new_grant_id
     from proxy.store import open_store
 
     store = await open_store(config.store.url, prefix=config.store.prefix)
@@ -72,13 +71,13 @@ async def seed_grants(config: Any, mock: MockTwitch, count: int) -> list[Any]:
             mock.add_user(user_id, f"seeded{user_id}")
             tokens = mock.issue_tokens(user_id, ["user:read:email"])
             now = time.time()
-            grant = Grant(
-                grant_id=new_grant_id(), user_id=user_id, login=f"seeded{user_id}",
-                scopes=tuple(tokens["scope"]), access_token=tokens["access_token"],
-                refresh_token=tokens["refresh_token"], expires_at=now + tokens["expires_in"],
-                created_at=now, updated_at=now,
+            grant = Grant.new(
+                user_id=user_id, login=f"seeded{user_id}", scopes=tuple(tokens["scope"]),
+                access_token=tokens["access_token"], refresh_token=tokens["refresh_token"],
+                expires_at=now + tokens["expires_in"], now=now,
             )
             await grants.create(grant)
+            await grants.claim_user(user_id, grant.grant_id)
             seeded.append(grant)
     finally:
         await store.close()

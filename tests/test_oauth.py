@@ -160,4 +160,4 @@ async def test_allowed_logins(proxy, mock):
                                headers={"Accept": "application/json"})
     assert response.status == 403
     assert (await response.json())["error"] == "forbidden"
-    assert mock.calls["revoke"] == 1
+    assert mock.calls["revoke"] == 2  # the refresh token and the access token

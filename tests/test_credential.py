@@ -1,0 +1,362 @@
+"""The credential model, tried as an attacker would: every credential the proxy
+honours is one Twitch and the user still honour.
+
+Over real HTTP against the mock Twitch. Each test names what an attacker holds
+and asserts what it must not give them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from yarl import URL
+
+from proxy.app_keys import grants_key, store_key
+from proxy.credential import Credential, bearer_token, proxy_key_in
+from tests.helpers import login
+
+VICTIM = "141981764"  # twitchdev, the mock's signed-in user
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def pair(access_token: str, refresh_token: str) -> dict[str, str]:
+    """An old widget's headers: its Twitch pair."""
+    return {**bearer(access_token), "X-Refresh-Token": refresh_token}
+
+
+async def stored(proxy, prefix: str) -> list[str]:
+    return await proxy.app[store_key].keys(prefix)
+
+
+async def grant_of_key(proxy, key: str):
+    grants = proxy.app[grants_key]
+    record = await grants.key_record(key)
+    return await grants.get(record.grant_id)
+
+
+def secrets_in(body: object, *tokens: str) -> list[str]:
+    text = str(body)
+    return [token for token in tokens if token and token in text]
+
+
+# -- an old widget's pair: proven before stored ------------------------------------------
+
+
+async def test_invented_refresh_token_stores_nothing_and_captures_no_later_login(proxy, mock):
+    # The attacker holds a valid access token of the victim and invents a refresh token.
+    victim_access = mock.issue_tokens(VICTIM, ["user:read:email"])["access_token"]
+    response = await proxy.get("/helix/users", headers=pair(victim_access, "attacker-chosen-rt"))
+    assert response.status == 401
+    assert (await response.json())["error"] == "reauthorization_required"
+    assert await stored(proxy, "grant:") == []
+    assert await stored(proxy, "rt:") == []
+    assert await stored(proxy, "user:") == []
+
+    # The victim logs in later; the invented token must not open their grant.
+    victim = await login(proxy)
+    answer = await proxy.post("/refresh", json={"refresh_token": "attacker-chosen-rt"})
+    assert answer.status != 200
+    assert secrets_in(await answer.text(), victim["access_token"], victim["refresh_token"]) == []
+    again = await proxy.get("/helix/users", headers=pair(victim_access, "attacker-chosen-rt"))
+    assert again.status == 401
+    assert "X-Access-Token" not in again.headers
+
+
+async def test_pair_from_another_app_is_refused_without_a_refresh(proxy, mock):
+    other = mock.mint_user_tokens("someone-elses-app", VICTIM, ["user:read:email"])
+    response = await proxy.get("/helix/users",
+                               headers=pair(other["access_token"], other["refresh_token"]))
+    assert response.status == 401
+    assert (await response.json())["error"] == "invalid_token"
+    assert mock.calls["token:refresh_token"] == 0
+    assert await stored(proxy, "grant:") == []
+
+
+async def test_pair_of_two_users_is_refused_and_the_new_tokens_revoked(proxy, mock):
+    mock.add_user("666", "attacker")
+    victim_access = mock.issue_tokens(VICTIM, [])["access_token"]
+    attacker = mock.issue_tokens("666", [])
+    response = await proxy.get("/helix/users",
+                               headers=pair(victim_access, attacker["refresh_token"]))
+    assert response.status == 401
+    assert (await response.json())["error"] == "invalid_token"
+    assert await stored(proxy, "grant:") == []
+    # The refresh at Twitch happened (that is the proof); what it gave is revoked.
+    assert mock.calls["revoke"] >= 1
+    assert not any(t.user_id == "666" for t in mock.refresh_tokens.values())
+
+
+async def test_a_proven_pair_never_repoints_the_users_login_grant(proxy, mock):
+    victim = await login(proxy)
+    login_grant = await grant_of_key(proxy, victim["proxy_key"])
+    # A genuine pair of the same user from another authorization (the old tool's).
+    old_tool = mock.issue_tokens(VICTIM, ["user:read:email"])
+    adopted = await proxy.get("/helix/users",
+                              headers=pair(old_tool["access_token"], old_tool["refresh_token"]))
+    assert adopted.status == 200
+    grants = proxy.app[grants_key]
+    assert await grants.grant_of_user(VICTIM) == login_grant.grant_id
+    assert len(await stored(proxy, "grant:")) == 2  # its own chain, its own grant
+
+    # The victim logs in again: their tokens go to their grant, never the adopted one.
+    relogin = await login(proxy)
+    with_pair = await proxy.get("/helix/users",
+                                headers=pair(old_tool["access_token"], old_tool["refresh_token"]))
+    assert with_pair.status == 200
+    assert secrets_in(dict(with_pair.headers), relogin["access_token"],
+                      relogin["refresh_token"]) == []
+
+
+async def test_a_bare_access_token_is_passed_through_and_never_stored(proxy, mock):
+    bare = mock.mint_user_tokens(mock.client_id, VICTIM, [], with_refresh_token=False)
+    assert "refresh_token" not in bare
+    response = await proxy.get("/helix/users", headers=bearer(bare["access_token"]))
+    assert response.status == 200
+    assert await stored(proxy, "grant:") == []
+
+
+# -- revocation is final ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config_flags", [{"auth.replay_window": 300}])
+async def test_revoke_then_relogin_revives_no_old_refresh_token(proxy, mock):
+    first = await login(proxy)
+    rt0 = first["refresh_token"]
+    # An old widget refreshes once (rt0 is now a rotated alias) and uses the new pair.
+    refreshed = await (await proxy.post("/refresh", json={"refresh_token": rt0})).json()
+    rt1 = refreshed["refresh_token"]
+    used = await proxy.get("/helix/users", headers=pair(refreshed["access_token"], rt1))
+    assert used.status == 200
+
+    revoked = await proxy.post("/revoke?twitch=true", headers=bearer(first["proxy_key"]))
+    assert revoked.status == 200
+    second = await login(proxy)
+
+    for old in (rt0, rt1):
+        answer = await proxy.post("/refresh", json={"refresh_token": old})
+        assert answer.status in (400, 401), old
+        assert secrets_in(await answer.text(), second["access_token"],
+                          second["refresh_token"]) == []
+        helix = await proxy.get("/helix/users", headers=pair("whatever", old))
+        assert helix.status == 401
+        assert secrets_in(dict(helix.headers), second["access_token"],
+                          second["refresh_token"]) == []
+
+
+async def test_disconnect_on_twitch_then_relogin_revives_no_alias(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200  # adopted
+    mock.revoke_refresh_tokens(VICTIM)  # the user disconnects the app on Twitch
+    dead = await proxy.get("/helix/users", headers=bearer(first["proxy_key"]))
+    assert dead.status == 401
+    assert (await dead.json())["error"] == "reauthorization_required"
+
+    second = await login(proxy)
+    # The key is the user's own and survives the new login; the old pair does not.
+    assert (await proxy.get("/helix/users", headers=bearer(first["proxy_key"]))).status == 200
+    again = await proxy.get("/helix/users", headers=widget)
+    assert again.status == 401
+    assert "X-Access-Token" not in again.headers
+    refresh = await proxy.post("/refresh", json={"refresh_token": first["refresh_token"]})
+    assert refresh.status != 200
+    assert secrets_in(await refresh.text(), second["refresh_token"]) == []
+
+
+async def test_a_new_login_ends_the_old_chains_aliases(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    await login(proxy)
+    assert (await proxy.get("/helix/users", headers=widget)).status == 401
+
+
+@pytest.mark.parametrize("config_flags", [{"auth.replay_window": 1.0}])
+async def test_a_rotated_token_expires_after_the_window_on_helix_too(proxy, mock):
+    first = await login(proxy)
+    rt0 = first["refresh_token"]
+    assert (await proxy.post("/refresh", json={"refresh_token": rt0})).status == 200
+    inside = await proxy.get("/helix/users", headers=pair("whatever", rt0))
+    assert inside.status == 200  # replayed inside the window...
+    await asyncio.sleep(1.2)
+    after = await proxy.get("/helix/users", headers=pair("whatever", rt0))
+    assert after.status == 401  # ...and never promoted to a lasting alias
+    assert (await proxy.post("/refresh", json={"refresh_token": rt0})).status != 200
+
+
+async def test_grants_delete_ends_every_alias(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    grant = await grant_of_key(proxy, first["proxy_key"])
+    assert await proxy.app[grants_key].delete(grant.grant_id)
+    calls = mock.calls["token:refresh_token"]
+    assert (await proxy.get("/helix/users", headers=widget)).status == 401
+    assert mock.calls["token:refresh_token"] == calls  # refused here, not proven afresh
+
+
+# -- answers are per caller ---------------------------------------------------------------
+
+
+async def test_a_shared_get_never_hands_an_old_widgets_tokens_to_a_key_caller(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    mock.helix_delay = 0.3
+    seen = len(mock.helix_requests)
+    leader = asyncio.ensure_future(proxy.get("/helix/users", headers=widget))
+    while len(mock.helix_requests) == seen:
+        await asyncio.sleep(0.005)
+    follower = await proxy.get("/helix/users", headers=bearer(first["proxy_key"]))
+    assert follower.status == 200
+    assert "X-Access-Token" not in follower.headers
+    assert "X-Refresh-Token" not in follower.headers
+    assert (await leader).headers["X-Refresh-Token"]
+
+
+async def test_old_widget_followers_get_their_own_current_pair(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    mock.helix_delay = 0.3
+    seen = len(mock.helix_requests)
+    # A proxy-key caller leads; old widgets of the same grant ask meanwhile.
+    leader = asyncio.ensure_future(proxy.get("/helix/users", headers=bearer(first["proxy_key"])))
+    while len(mock.helix_requests) == seen:
+        await asyncio.sleep(0.005)
+    answers = await asyncio.gather(*(proxy.get("/helix/users", headers=widget)
+                                     for _ in range(3)))
+    assert "X-Refresh-Token" not in (await leader).headers
+    grant = await grant_of_key(proxy, first["proxy_key"])
+    for answer in answers:
+        assert answer.status == 200
+        assert answer.headers["X-Access-Token"] == grant.access_token
+        assert answer.headers["X-Refresh-Token"] == grant.refresh_token
+        assert answer.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("config_flags", [{"helix.cache": {"/users": 30}}])
+async def test_old_widget_answers_are_cached_like_everyone_elses(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    before = len(mock.helix_requests)
+    again = await proxy.get("/helix/users", headers=widget)
+    assert again.status == 200
+    assert len(mock.helix_requests) == before  # from the cache
+    assert again.headers["X-Refresh-Token"]  # still with this caller's own pair
+
+
+async def test_twitch_cannot_set_the_old_widget_headers(proxy, mock, monkeypatch):
+    key = (await login(proxy))["proxy_key"]
+    # Whatever Twitch (or someone between us and Twitch) answers, these two
+    # header names only ever come from the proxy, for one caller.
+    from proxy import helix
+    assert "x-access-token" in helix.DROPPED_RESPONSE_HEADERS
+    assert "x-refresh-token" in helix.DROPPED_RESPONSE_HEADERS
+    response = await proxy.get("/helix/users", headers=bearer(key))
+    assert "X-Access-Token" not in response.headers
+
+
+# -- abuse bounded ------------------------------------------------------------------------
+
+
+async def test_junk_pairs_store_nothing(proxy, mock):
+    for number in range(5):
+        response = await proxy.get("/helix/users",
+                                   headers=pair(f"junk-at-{number}", f"junk-rt-{number}"))
+        assert response.status == 401
+    assert await stored(proxy, "grant:") == []
+    assert await stored(proxy, "rt:") == []
+
+
+@pytest.mark.parametrize("config_flags", [{"limits.refresh_per_minute": 3}])
+async def test_proving_pairs_spends_the_refresh_rate_limit(proxy, mock):
+    statuses = []
+    for number in range(5):
+        response = await proxy.get("/helix/users",
+                                   headers=pair(f"junk-at-{number}", f"junk-rt-{number}"))
+        statuses.append(response.status)
+    assert statuses[:3] == [401, 401, 401]
+    assert statuses[3:] == [429, 429]
+    assert mock.calls["token:refresh_token"] == 3
+
+
+# -- scopes: a ceiling, and no silent narrowing ------------------------------------------
+
+
+async def test_scopes_beyond_the_login_are_revoked_and_not_stored(proxy, mock):
+    start = await proxy.get("/login", allow_redirects=False)
+    authorize = URL(start.headers["Location"])
+    # The user edits Twitch's authorize URL to ask for more.
+    edited = authorize.update_query(scope="user:read:email channel:manage:broadcast")
+    async with proxy.session.get(edited, allow_redirects=False) as consent:
+        back = URL(consent.headers["Location"])
+    response = await proxy.get("/callback", params=back.query,
+                               headers={"Accept": "application/json"})
+    assert response.status == 403
+    body = await response.json()
+    assert body["error"] == "scopes_not_allowed"
+    assert body["scopes"] == ["channel:manage:broadcast"]
+    assert await stored(proxy, "grant:") == []
+    assert mock.calls["revoke"] == 2
+    assert not any(t.user_id == VICTIM for t in mock.refresh_tokens.values())
+
+
+@pytest.mark.parametrize("config_flags", [{
+    "twitch.allowed_scopes": ("user:read:email", "chat:read")}])
+async def test_a_login_never_silently_narrows_an_existing_grant(proxy, mock):
+    wide = await login(proxy, scope="user:read:email chat:read")
+    before = await grant_of_key(proxy, wide["proxy_key"])
+    # Any page can send the user's browser to /login (default scopes only),
+    # and Twitch skips its consent page for scopes already granted.
+    narrow = await proxy.get("/callback", params=(await _authorized(proxy)).query,
+                             headers={"Accept": "application/json"})
+    assert narrow.status == 409
+    body = await narrow.json()
+    assert body["error"] == "scopes_narrowed"
+    assert body["missing_scopes"] == ["chat:read"]
+    after = await grant_of_key(proxy, wide["proxy_key"])
+    assert after.scopes == before.scopes
+    assert after.access_token == before.access_token
+    assert after.chain == before.chain
+    assert (await proxy.get("/helix/users", headers=bearer(wide["proxy_key"]))).status == 200
+    # A wider (or equal) login is fine and keeps the key.
+    await login(proxy, scope="user:read:email chat:read")
+    assert (await proxy.get("/helix/users", headers=bearer(wide["proxy_key"]))).status == 200
+
+
+async def _authorized(proxy) -> URL:
+    from tests.helpers import authorize
+    return await authorize(proxy)
+
+
+# -- one place each -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("header", "token"), [
+    ("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("BEARER abc", "abc"),
+    ("Bearer", None), ("Bearer ", None), ("Basic abc", None), ("", None), ("abc", None),
+])
+def test_bearer_token(header, token):
+    assert bearer_token(header) == token
+
+
+def test_proxy_key_in():
+    assert proxy_key_in("Bearer tpk_x") == "tpk_x"
+    assert proxy_key_in("Bearer twitch-token") is None
+    assert proxy_key_in("Basic tpk_x") is None
+
+
+def test_buckets_are_named_once():
+    from proxy.grants import Grant
+    grant = Grant.new(user_id="1", login="a", scopes=(), access_token="a", refresh_token="r",
+                      expires_at=0)
+    assert Credential("key", "a", grant).bucket == "user:1"
+    assert Credential("app", "a").bucket == "app"
+    bare = Credential("passthrough", "secret-token").bucket
+    assert bare.startswith("token:") and "secret-token" not in bare
