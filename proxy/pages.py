@@ -296,6 +296,20 @@ _ERROR_TEXTS = {
         "This login could not go on",
         "Start again from this proxy's front page, with the permissions it offers.",
     ),
+    "scopes_not_allowed": _ErrorText(
+        "Twitch granted more than this login asked for",
+        "The tokens were revoked at once and nothing was stored: this proxy only keeps "
+        "the permissions its front page offers. Start again without editing Twitch's "
+        "address.",
+    ),
+    "scopes_narrowed": _ErrorText(
+        "This login would take permissions away from your widgets",
+        "Your existing connection and its proxy keys were left as they were. If you did "
+        "not start this login yourself, you need do nothing. To drop permissions on "
+        "purpose, revoke your key with Twitch tokens on the status page first, then "
+        "connect again.",
+        "Back to the front page",
+    ),
 }
 
 _UPSTREAM_TEXT = _ErrorText(

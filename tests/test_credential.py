@@ -360,3 +360,15 @@ def test_buckets_are_named_once():
     assert Credential("app", "a").bucket == "app"
     bare = Credential("passthrough", "secret-token").bucket
     assert bare.startswith("token:") and "secret-token" not in bare
+
+
+@pytest.mark.parametrize("config_flags", [{
+    "twitch.allowed_scopes": ("user:read:email", "chat:read")}])
+async def test_the_narrowing_page_says_nothing_changed(proxy, mock):
+    await login(proxy, scope="user:read:email chat:read")
+    page = await proxy.get("/callback", params=(await _authorized(proxy)).query,
+                           headers={"Accept": "text/html"})
+    assert page.status == 409
+    text = await page.text()
+    assert "would take permissions away" in text
+    assert "chat:read" in text
