@@ -15,8 +15,13 @@
 - **Allowlist**: ``helix.allow`` (``"GET /users"``, ``"* /channels/*"``)
   refuses other Helix calls with 403 before any credential is looked at.
 
-Limits count per :func:`proxy.forwarded.client_address`: the peer, or the
-platform router's ``X-Forwarded-For`` when ``server.trust_forwarded`` is on.
+Limits count per client *network* (:func:`rate_limit_key`) of
+:func:`proxy.forwarded.client_address` (the peer, or the platform router's
+``X-Forwarded-For`` when ``server.trust_forwarded`` is on): an IPv4 address
+whole, an IPv6 address by its /64 (what one host or one home is given), an
+IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) as its IPv4 address. Code other
+than the middleware that should count against a per-address limit calls
+:meth:`AbuseGuard.spend`.
 
 All state lives in one :class:`AbuseGuard` per app, under ``app_keys.abuse_guard_key``;
 the middleware :func:`abuse_middleware` applies it.
@@ -26,12 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import ipaddress
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -50,24 +56,30 @@ from .forwarded import client_address
 from .grants import PROXY_KEY_PREFIX, token_hash
 
 if TYPE_CHECKING:
-    from .helix import Credential
+    from .credential import Credential
 
 __all__ = [
     "AbuseGuard",
     "ConcurrencyLimit",
     "Overloaded",
+    "RateBucket",
     "RateLimiter",
     "TokenBucket",
     "abuse_middleware",
     "check_helix_allowed",
     "handler_args",
+    "rate_limit_key",
     "acquire_upstream_slots",
     "release_upstream_slots",
     "setup_abuse",
 ]
 
+#: The per-address rate limits, by name (:meth:`AbuseGuard.spend`).
+RateBucket = Literal["login", "callback", "refresh"]
+
 #: Routes (by first path segment) rate limited per address, and their bucket.
-RATE_LIMITED_ROUTES = {"login": "login", "callback": "callback", "refresh": "refresh"}
+RATE_LIMITED_ROUTES: dict[str, RateBucket] = {
+    "login": "login", "callback": "callback", "refresh": "refresh"}
 
 #: Routes whose bodies are small forms, capped by ``limits.max_form_body``.
 FORM_ROUTES = frozenset({"refresh", "status", "revoke"})
@@ -79,7 +91,9 @@ UPSTREAM_ROUTES = frozenset({"refresh", "callback"})
 #: when many addresses pass by.
 MAX_TRACKED_ADDRESSES = 10_000
 
-#: The grant whose concurrency slot a request holds, released by the middleware.
+#: Bits of an IPv6 address that name one client network: a /64 is one LAN,
+#: usually one home or one server, and it alone picks the other 64 bits.
+IPV6_CLIENT_PREFIX = 64
 
 
 class Overloaded(ProxyError):
@@ -124,8 +138,30 @@ class TokenBucket:
         return self.tokens >= self.capacity
 
 
+def rate_limit_key(address: str) -> str:
+    """The network ``address`` is counted under: IPv4 whole, IPv6 by its /64.
+
+    One IPv6 host can usually pick any address in its /64, so counting per
+    address would give it as many buckets as it likes. An IPv4-mapped address
+    (how a dual-stack socket reports an IPv4 client) counts as that IPv4
+    address. What does not parse (no peer address) is counted as it is.
+    """
+    if ":" not in address:
+        return address  # IPv4, the common case: no parsing on the hot path
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    host_bits = 128 - IPV6_CLIENT_PREFIX
+    network = ipaddress.IPv6Address(int(ip) >> host_bits << host_bits)
+    return f"{network}/{IPV6_CLIENT_PREFIX}"
+
+
 class RateLimiter:
-    """One token bucket per client address: ``per_minute`` a minute, burst ``per_minute``."""
+    """One token bucket per client network (:func:`rate_limit_key`): ``per_minute`` a
+    minute, burst ``per_minute``."""
 
     def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
@@ -137,35 +173,48 @@ class RateLimiter:
         """A rate of 0 turns the limit off."""
         return self.per_minute > 0
 
-    def _bucket(self, address: str, now: float) -> TokenBucket:
-        bucket = self._buckets.get(address)
+    def __len__(self) -> int:
+        """How many buckets are held (at most :data:`MAX_TRACKED_ADDRESSES`)."""
+        return len(self._buckets)
+
+    def _bucket(self, key: str, now: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= MAX_TRACKED_ADDRESSES:
                 self._prune(now)
             bucket = TokenBucket(self.per_minute, self.per_minute / 60.0, now)
-            self._buckets[address] = bucket
+            self._buckets[key] = bucket
         return bucket
 
     def _prune(self, now: float) -> None:
-        for address in [a for a, b in self._buckets.items() if b.full(now)]:
-            del self._buckets[address]
+        """Make room: drop the full buckets, then, if all are in use, the fuller half.
+
+        Never by age: one network filling the table with new buckets (a /48
+        holds 65536 /64s) would push its own empty bucket out and start over.
+        A new bucket has spent one token, so a flood's buckets are among the
+        fullest and go first; the emptiest, the ones holding someone back, stay.
+        """
+        for key in [k for k, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[key]
         if len(self._buckets) >= MAX_TRACKED_ADDRESSES:
-            # Everybody is active: forget the oldest half rather than grow.
-            for address in list(self._buckets)[: MAX_TRACKED_ADDRESSES // 2]:
-                del self._buckets[address]
+            # A stable sort: among equals the oldest are kept, so a flood cannot tie its way out.
+            emptiest_first = sorted(self._buckets, key=lambda k: self._buckets[k].tokens)
+            for key in emptiest_first[MAX_TRACKED_ADDRESSES // 2:]:
+                del self._buckets[key]
 
     def take(self, address: str) -> float:
-        """Spend one request of ``address``; seconds to wait (0: allowed)."""
+        """Spend one request of ``address``'s network; seconds to wait (0: allowed)."""
         if not self.enabled:
             return 0.0
         now = self._clock()
-        return self._bucket(address, now).take(now)
+        return self._bucket(rate_limit_key(address), now).take(now)
 
     def wait(self, address: str) -> float:
-        """Seconds ``address`` must wait, spending nothing (0: allowed)."""
-        if not self.enabled or address not in self._buckets:
+        """Seconds ``address``'s network must wait, spending nothing (0: allowed)."""
+        if not self.enabled or not self._buckets:
             return 0.0
-        return self._buckets[address].wait(self._clock())
+        bucket = self._buckets.get(rate_limit_key(address))
+        return 0.0 if bucket is None else bucket.wait(self._clock())
 
 
 @dataclass
@@ -236,7 +285,7 @@ class AbuseGuard:
     def __init__(self, limits: LimitsConfig, helix_allow: tuple[str, ...] = (), *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
-        self.rates = {
+        self.rates: dict[RateBucket, RateLimiter] = {
             "login": RateLimiter(limits.login_per_minute, clock=clock),
             "callback": RateLimiter(limits.login_per_minute, clock=clock),
             "refresh": RateLimiter(limits.refresh_per_minute, clock=clock),
@@ -253,6 +302,19 @@ class AbuseGuard:
             return True
         return any((m == "*" or m == method.upper()) and fnmatch.fnmatchcase(path, p)
                    for m, p in self.helix_allow)
+
+    def spend(self, bucket: RateBucket, request: web.Request) -> None:
+        """Spend one request of the caller's network from ``bucket``.
+
+        Raises :class:`RateLimited` (429 with ``Retry-After``) when it is empty.
+        The middleware spends for ``/login``, ``/callback`` and ``POST /refresh``;
+        other code calls this when its work counts against one of those
+        limits (an old widget's pair adopted on /helix costs a /refresh).
+        """
+        wait = self.rates[bucket].take(client_address(request))
+        if wait:
+            raise RateLimited("Too many requests from your address; slow down.",
+                              retry_after=_retry_after(wait))
 
     async def take_total_slot(self) -> None:
         """One slot of the total concurrency, or :class:`Overloaded`; give it back with
@@ -320,10 +382,7 @@ async def abuse_middleware(request: web.Request, handler: Handler) -> web.Stream
     # A CORS preflight (OPTIONS) is the browser asking, not a login or a refresh:
     # counting it would halve the rate an old widget's POST /refresh gets.
     if bucket is not None and request.method != "OPTIONS":
-        wait = guard.rates[bucket].take(address)
-        if wait:
-            raise RateLimited("Too many requests from your address; slow down.",
-                              retry_after=_retry_after(wait))
+        guard.spend(bucket, request)
     if _presents_proxy_key(request):
         wait = guard.invalid_keys.wait(address)
         if wait:

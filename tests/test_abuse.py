@@ -10,12 +10,14 @@ import asyncio
 import re
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
-from proxy.abuse import AbuseGuard, RateLimiter, TokenBucket
+from proxy.abuse import MAX_TRACKED_ADDRESSES, AbuseGuard, RateLimiter, TokenBucket
 from proxy.app import create_app
-from proxy.app_keys import grants_key
+from proxy.app_keys import abuse_guard_key, grants_key
 from proxy.config import ConfigError, LimitsConfig, load_config
+from proxy.errors import RateLimited
 from proxy.oauth import STATE_COOKIE
 from proxy.pages import PAGE_HEADERS
 from tests.helpers import authorize, login, proxy_config_flags
@@ -64,6 +66,18 @@ def test_rate_limiter_is_per_address_and_bounded():
     now[0] += 60
     assert limiter.take("a") == 0
     assert RateLimiter(0).take("a") == 0  # 0 turns it off
+
+
+def test_a_flood_of_new_networks_does_not_reset_a_throttled_bucket():
+    """Filling the table (a /48 holds 65536 /64s) must not evict the flooder's own bucket."""
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    throttled = "2001:db8:1:ffff::1"
+    assert limiter.take(throttled) == 0 and limiter.take(throttled) == 0
+    for network in range(2 * MAX_TRACKED_ADDRESSES):
+        limiter.take(f"2001:db8:1:{network:x}::1")
+    assert limiter.take(throttled) > 0
+    assert len(limiter) <= MAX_TRACKED_ADDRESSES
 
 
 def test_helix_allow_patterns():
@@ -151,6 +165,81 @@ async def test_unknown_proxy_keys_are_counted_per_address(aiohttp_client, twitch
     ok = await proxy.get("/helix/users",
                          headers={**_bearer(key), "X-Forwarded-For": "198.51.100.1"})
     assert ok.status == 200
+
+
+def _from(address: str) -> dict[str, str]:
+    return {"X-Forwarded-For": address}
+
+
+async def test_an_ipv6_64_shares_one_bucket(aiohttp_client, twitch_server, tmp_path,
+                                            reliability):
+    proxy = await _proxy_with(aiohttp_client, twitch_server, tmp_path,
+                              **{"limits.login_per_minute": "3",
+                                 "server.trust_forwarded": "true"})
+    # One host's /64 holds 2**64 addresses: each must not get a bucket of its own.
+    for address in ("2001:db8:1:2::a", "2001:db8:1:2::b", "2001:db8:1:2:ffff:ffff:ffff:ffff"):
+        login = await proxy.get("/login", headers=_from(address), allow_redirects=False)
+        assert login.status == 302
+    await _rejected(reliability, await proxy.get(
+        "/login", headers=_from("2001:db8:1:2:1234::99"), allow_redirects=False), 429)
+    # The neighbouring /64 is another network, with its own bucket.
+    other = await proxy.get("/login", headers=_from("2001:db8:1:3::a"), allow_redirects=False)
+    assert other.status == 302
+
+
+async def test_an_ipv4_mapped_address_counts_as_its_ipv4_address(
+        aiohttp_client, twitch_server, tmp_path, reliability):
+    proxy = await _proxy_with(aiohttp_client, twitch_server, tmp_path,
+                              **{"limits.login_per_minute": "2",
+                                 "server.trust_forwarded": "true"})
+    for address in ("203.0.113.5", "::ffff:203.0.113.5"):
+        login = await proxy.get("/login", headers=_from(address), allow_redirects=False)
+        assert login.status == 302
+    await _rejected(reliability, await proxy.get(
+        "/login", headers=_from("::ffff:cb00:7105"), allow_redirects=False), 429)
+    await _rejected(reliability, await proxy.get(
+        "/login", headers=_from("203.0.113.5"), allow_redirects=False), 429)
+    # IPv4 is counted per full address: the next one is another client.
+    other = await proxy.get("/login", headers=_from("203.0.113.6"), allow_redirects=False)
+    assert other.status == 302
+
+
+async def test_unknown_proxy_keys_are_counted_per_64(aiohttp_client, twitch_server, tmp_path,
+                                                     reliability):
+    proxy = await _proxy_with(aiohttp_client, twitch_server, tmp_path,
+                              **{"limits.invalid_keys_per_minute": "2",
+                                 "server.trust_forwarded": "true"})
+    for attempt in range(2):
+        response = await proxy.get("/helix/users", headers={
+            **_bearer(f"tpk_guess{attempt}"), **_from(f"2001:db8:7:8::{attempt + 1}")})
+        assert response.status == 401
+    await _rejected(reliability, await proxy.get("/helix/users", headers={
+        **_bearer("tpk_guess9"), **_from("2001:db8:7:8::99")}), 429)
+    elsewhere = await proxy.get("/helix/users", headers={
+        **_bearer("tpk_guess9"), **_from("2001:db8:7:9::1")})
+    assert elsewhere.status == 401
+
+
+async def test_spend_draws_on_the_middlewares_bucket(aiohttp_client, twitch_server, tmp_path,
+                                                     reliability):
+    """``AbuseGuard.spend``, as /helix calls it for an adopted pair, and POST /refresh share
+    one bucket per network."""
+    proxy = await _proxy_with(aiohttp_client, twitch_server, tmp_path,
+                              **{"limits.refresh_per_minute": "2",
+                                 "server.trust_forwarded": "true"})
+    guard = proxy.app[abuse_guard_key]
+    request = make_mocked_request("GET", "/helix/users", app=proxy.app,
+                                  headers=_from("2001:db8:5:6::1"))
+    guard.spend("refresh", request)
+    guard.spend("refresh", request)
+    with pytest.raises(RateLimited) as caught:
+        guard.spend("refresh", request)
+    assert caught.value.retry_after >= 1
+    await _rejected(reliability, await proxy.post(
+        "/refresh", json={"refresh_token": "x" * 30}, headers=_from("2001:db8:5:6::2")), 429)
+    elsewhere = await proxy.post("/refresh", json={"refresh_token": "x" * 30},
+                                 headers=_from("2001:db8:5:7::1"))
+    assert elsewhere.status != 429
 
 
 async def test_status_form_guesses_are_counted(aiohttp_client, twitch_server, tmp_path,
