@@ -170,6 +170,11 @@ class AuthConfig:
         "(Twitch requires hourly), shared by every process.",
         default=3600.0,
     )
+    purge_needs_reauth_after: float = _doc(
+        "Seconds a grant stays needs_reauth before the validator deletes it with its keys "
+        "(default 30 days); 0: never.",
+        default=2592000.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -255,6 +260,11 @@ class MetricsConfig:
 
     token: Secret = _env("METRICS_TOKEN", "Bearer token /metrics requires (optional).",
                          default=Secret(""))
+    grants_interval: float = _doc(
+        "Seconds one count of grants by state serves /metrics scrapes (counting decrypts "
+        "every grant); 0: count at every scrape.",
+        default=60.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -570,6 +580,10 @@ def validate_other(config: Config) -> list[str]:
         problems.append("auth.state_ttl must be positive and auth.replay_window not negative")
     if config.auth.validate_interval <= 0:
         problems.append("auth.validate_interval must be positive")
+    if config.auth.purge_needs_reauth_after < 0:
+        problems.append("auth.purge_needs_reauth_after must not be negative (0 turns it off)")
+    if config.metrics.grants_interval < 0:
+        problems.append("metrics.grants_interval must not be negative")
     if config.store.lock_lease <= config.twitch.timeout:
         problems.append("store.lock_lease must be longer than twitch.timeout, or a live "
                         "refresh could lose its lock")

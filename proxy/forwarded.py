@@ -11,11 +11,13 @@ from the client and prove nothing.
 
 Call :func:`client_address` for the address of the client (logs, rate limits),
 :func:`public_url_for` for the proxy's public base URL (the OAuth
-redirect_uri), and :func:`is_https` to decide on secure cookies.
+redirect_uri), :func:`is_https` to decide on secure cookies, and
+:func:`is_loopback_client` for whether a request came straight from this host.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from aiohttp import web
@@ -23,7 +25,12 @@ from aiohttp import web
 from .app_keys import config_key
 from .config import default_public_url
 
-__all__ = ["client_address", "forwarded_scheme", "is_https", "public_url_for", "redirect_uri_for"]
+__all__ = ["client_address", "forwarded_scheme", "is_https", "is_loopback_client",
+           "public_url_for", "redirect_uri_for"]
+
+#: Headers by which a router or reverse proxy says it passed a request on
+#: (RFC 7239's, and the de facto one every platform sets).
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For")
 
 #: A host (name, IPv4 or [IPv6]) with an optional port; anything else in
 #: X-Forwarded-Host is ignored rather than put into a redirect_uri.
@@ -45,6 +52,32 @@ def client_address(request: web.Request) -> str:
     if forwarded and len(forwarded) <= 64:
         return forwarded
     return request.remote or ""
+
+
+def is_loopback_client(request: web.Request) -> bool:
+    """Whether the request came straight from this host, not through a router.
+
+    The socket's peer must be a loopback address (127.0.0.0/8, ``::1``, or
+    ``::ffff:127.x.y.z``), read from the socket itself: with a trusted router
+    ``request.remote`` is the forwarded client instead. And no forwarding
+    header may be present, trusted or not: a router or reverse proxy on this
+    host connects from loopback for every internet client, and the header it
+    adds is the only sign of that. A client sending one can only lose the
+    exemption, never gain it.
+    """
+    if any(name in request.headers for name in FORWARDING_HEADERS):
+        return False
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if not isinstance(peer, tuple | list) or not peer:
+        return False  # a Unix socket, or the connection is gone
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
+    return address.is_loopback
 
 
 def forwarded_scheme(request: web.Request) -> str:

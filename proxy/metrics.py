@@ -15,23 +15,37 @@ the tests, never mix their numbers). Metrics, all prefixed ``twitch_proxy_``:
 - ``validations_total{outcome}``: valid, refreshed, needs_reauth, unavailable,
   refresh_failed (fed by :class:`proxy.validator.Validator`'s ``on_outcome``;
   grants another process validated are not counted).
-- ``grants{state}``: grants in the store by state, counted at scrape time.
+- ``grants{state}``: grants in the store by state. Counting reads and
+  decrypts every grant, so one count serves the scrapes of the next
+  ``metrics.grants_interval`` seconds (60 by default): the figure is at most
+  that old, and a scrape costs the store nothing in between. (The validator's
+  sweeps load grants too, but each process only those it claimed, and each
+  grant once an hour: too partial and too late for a gauge.)
+- ``grants_purged_total``: ``needs_reauth`` grants the validator deleted after
+  ``auth.purge_needs_reauth_after`` (fed by its ``on_purged``).
 - ``helix_ratelimit_remaining{bucket}``: Twitch's ``Ratelimit-Remaining`` last
   seen per bucket; the bucket is the grant id (never a login or a token),
   ``app`` for the app token.
 
 With several worker processes each keeps its own counters and a scrape sees
 the worker that answered it; ``grants`` comes from the shared store and is the
-same everywhere.
+same everywhere (within the interval).
 
-``METRICS_TOKEN`` (``metrics.token``), when set, must come as
-``Authorization: Bearer <token>``; otherwise the answer is 401 JSON.
+Who may scrape: ``METRICS_TOKEN`` (``metrics.token``), when set, must come as
+``Authorization: Bearer <token>`` (401 JSON otherwise), from anywhere. Without
+it only this host may: :func:`proxy.forwarded.is_loopback_client`, so a request
+a router or reverse proxy passed on (``X-Forwarded-For``, ``Forwarded``) is
+refused even though its socket comes from loopback; others get 403 JSON.
 """
 
 from __future__ import annotations
 
-import secrets
+import asyncio
+import hashlib
+import hmac
+import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -39,8 +53,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from .app_keys import config_key, grants_key, metrics_key
-from .errors import json_error
-from .grants import ACTIVE, NEEDS_REAUTH
+from .errors import Forbidden, json_error
+from .forwarded import is_loopback_client
+from .grants import ACTIVE, NEEDS_REAUTH, GrantStore
 from .refresh import RefreshOutcome
 from .requestlog import current_request
 from .validator import ValidationOutcome
@@ -58,9 +73,14 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 
 
 class Metrics:
-    """The app's metrics and the hooks that feed them."""
+    """The app's metrics and the hooks that feed them.
 
-    def __init__(self) -> None:
+    ``grants_interval``: seconds one count of grants by state is reused (see
+    the module docstring); ``clock`` measures it.
+    """
+
+    def __init__(self, *, grants_interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(f"{_PREFIX}requests", "Requests answered.",
@@ -81,6 +101,15 @@ class Metrics:
                                    ["outcome"], registry=r)
         self.grants = Gauge(f"{_PREFIX}grants", "Grants in the store by state.",
                             ["state"], registry=r)
+        self.grants_purged = Counter(
+            f"{_PREFIX}grants_purged",
+            "Grants deleted after staying needs_reauth for auth.purge_needs_reauth_after.",
+            registry=r)
+        self.grants_interval = grants_interval
+        self._clock = clock
+        self._grants_counted_at: float | None = None
+        # Scrapes arriving together share one count instead of each decrypting everything.
+        self._grants_counting = asyncio.Lock()
         self.ratelimit_remaining = Gauge(
             f"{_PREFIX}helix_ratelimit_remaining",
             "Twitch's Ratelimit-Remaining last seen, per rate-limit bucket (grant id).",
@@ -115,6 +144,10 @@ class Metrics:
         if child is None:
             child = self._validation_children[outcome] = self.validations.labels(outcome)
         child.inc()
+
+    def grant_purged(self) -> None:
+        """Count one purged grant (``Validator(on_purged=...)``)."""
+        self.grants_purged.inc()
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request (called by :mod:`proxy.requestlog`)."""
@@ -156,30 +189,43 @@ class Metrics:
                 gauge = self._ratelimit_children[bucket] = self.ratelimit_remaining.labels(bucket)
             gauge.set(int(remaining))
 
-    async def count_grants(self, request: web.Request) -> None:
-        """Set ``grants{state}`` from the store (at scrape time)."""
-        grants = request.app[grants_key]
-        tally: Tally[str] = Tally({ACTIVE: 0, NEEDS_REAUTH: 0})
-        for grant_id in await grants.all_ids():
-            grant = await grants.get(grant_id)
-            if grant is not None:
-                tally[grant.state] += 1
-        for state, count in tally.items():
-            self.grants.labels(state).set(count)
+    async def count_grants(self, grants: GrantStore) -> None:
+        """Set ``grants{state}`` from the store, unless the last count is recent enough."""
+        async with self._grants_counting:
+            started = self._clock()
+            if self._grants_counted_at is not None and \
+                    started - self._grants_counted_at < self.grants_interval:
+                return
+            tally: Tally[str] = Tally({ACTIVE: 0, NEEDS_REAUTH: 0})
+            for grant_id in await grants.all_ids():
+                grant = await grants.get(grant_id)
+                if grant is not None:
+                    tally[grant.state] += 1
+            for state, count in tally.items():
+                self.grants.labels(state).set(count)
+            self._grants_counted_at = started
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    """Compare in constant time; hashing first hides the expected length too."""
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(),
+                               hashlib.sha256(expected.encode()).digest())
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """``GET /metrics``: the exposition, behind ``METRICS_TOKEN`` when one is set."""
+    """``GET /metrics``: the exposition, behind ``METRICS_TOKEN`` or to this host only."""
     token = request.app[config_key].metrics.token
     if token:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-                given.strip().encode(), token.reveal().encode()):
+        if scheme.lower() != "bearer" or not _same_secret(given.strip(), token.reveal()):
             return json_error(401, "unauthorized",
                               "Send Authorization: Bearer <METRICS_TOKEN>.",
                               headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    elif not is_loopback_client(request):
+        raise Forbidden("Without METRICS_TOKEN, /metrics answers only requests from this "
+                        "host; set METRICS_TOKEN to scrape from elsewhere.")
     metrics = request.app[metrics_key]
-    await metrics.count_grants(request)
+    await metrics.count_grants(request.app[grants_key])
     return web.Response(body=generate_latest(metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE,
                                  "Cache-Control": "no-store"})
@@ -187,5 +233,5 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 def setup_metrics(app: web.Application) -> None:
     """Create the app's :class:`Metrics` and register ``/metrics``."""
-    app[metrics_key] = Metrics()
+    app[metrics_key] = Metrics(grants_interval=app[config_key].metrics.grants_interval)
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")

@@ -11,7 +11,13 @@ basis thereafter." The :class:`Validator` does that for every active grant:
   permanent refusal there marks the grant ``needs_reauth``, which ``/status``
   shows;
 - **Twitch failing** (5xx, timeout, unreachable) during validation or refresh:
-  the grant is left as it is and tried again at the next sweep.
+  the grant is left as it is and tried again at the next sweep;
+- **needs_reauth for longer than** ``auth.purge_needs_reauth_after`` (30 days
+  by default; 0: never): the grant is deleted with its keys and user index
+  (:meth:`~proxy.grants.GrantStore.delete`), so a widget's key to it gets 401
+  ``invalid_proxy_key``. The age is counted from ``updated_at``, stamped when
+  the grant became needs_reauth; nothing writes a needs_reauth grant again but
+  a new login, which makes it active. One log line per purge, grant id only.
 
 Once per interval in total, however many processes run. Every process has a
 validator, but a grant is validated only by the one that *claims* it: a
@@ -21,7 +27,8 @@ and then every :attr:`Validator.sweep_period` seconds (the interval, or
 :data:`MAX_SWEEP_PERIOD` when that is shorter), validating the grants nobody
 claimed within the interval; so a process that died leaves its share to the
 others within one sweep. When Twitch failed, the claim is given back, so the
-next sweep (of any process) tries again.
+next sweep (of any process) tries again. A purge is decided under the same
+claim, so one process alone deletes a grant.
 
 A restart within the interval does not validate again the grants that were
 validated less than an interval ago: the claims are in the shared store, and
@@ -51,7 +58,7 @@ from .app_keys import (
 )
 from .crypto import DecryptionFailed
 from .errors import ReauthorizationRequired, TwitchRefused, UpstreamError
-from .grants import ACTIVE, Grant, GrantStore
+from .grants import ACTIVE, NEEDS_REAUTH, Grant, GrantStore
 from .refresh import Refresher
 from .store.base import StoreUnavailable
 from .twitch import TwitchClient
@@ -82,9 +89,13 @@ class ValidationOutcome:
     REFRESH_FAILED = "refresh_failed"
     #: Validated elsewhere within the interval, gone, or not active.
     SKIPPED = "skipped"
+    #: needs_reauth past ``auth.purge_needs_reauth_after``: deleted (not a validation).
+    PURGED = "purged"
 
 
 _RETRIED = frozenset({ValidationOutcome.UNAVAILABLE, ValidationOutcome.REFRESH_FAILED})
+#: Outcomes that are no validation, so ``on_outcome`` is not told them.
+_NOT_VALIDATED = frozenset({ValidationOutcome.SKIPPED, ValidationOutcome.PURGED})
 _QUIET = frozenset({ValidationOutcome.VALID, ValidationOutcome.REFRESHED})
 
 
@@ -101,17 +112,25 @@ def _log_outcome(outcome: str, grant_id: str, *, level: int | None = None,
 
 
 class Validator:
-    """Validates every active grant once per ``interval`` across all processes."""
+    """Validates every active grant once per ``interval`` across all processes.
+
+    ``purge_after`` (seconds; 0: never) deletes grants that have been
+    needs_reauth that long; ``on_purged`` is told each one.
+    """
 
     def __init__(self, grants: GrantStore, twitch: TwitchClient, refresher: Refresher, *,
-                 interval: float, on_outcome: Callable[[str], None] | None = None) -> None:
+                 interval: float, on_outcome: Callable[[str], None] | None = None,
+                 purge_after: float = 0.0,
+                 on_purged: Callable[[], None] | None = None) -> None:
         if interval <= 0:
             raise ValueError("the validation interval must be positive")
         self._grants = grants
         self._twitch = twitch
         self._refresher = refresher
-        #: Told every outcome but SKIPPED (the metrics count validations by outcome).
+        #: Told every outcome but SKIPPED and PURGED (the metrics count validations by outcome).
         self._on_outcome = on_outcome or (lambda outcome: None)
+        self.purge_after = purge_after
+        self._on_purged = on_purged or (lambda: None)
         self.interval = interval
         self.sweep_period = min(interval, MAX_SWEEP_PERIOD)
         # Written into this process's claims, so only we give them back.
@@ -172,7 +191,7 @@ class Validator:
 
         outcomes = await asyncio.gather(*(bounded(grant_id) for grant_id in grant_ids))
         for outcome in outcomes:
-            if outcome != ValidationOutcome.SKIPPED:
+            if outcome not in _NOT_VALIDATED:
                 self._on_outcome(outcome)
         self.last_outcomes = dict(zip(grant_ids, outcomes, strict=True))
         self.completed_sweeps += 1
@@ -199,6 +218,8 @@ class Validator:
 
     async def _validate_claimed(self, grant_id: str) -> str:
         grant = await self._grants.get(grant_id)
+        if grant is not None and self._purge_due(grant):
+            return await self._purge(grant_id)
         if grant is None or grant.state != ACTIVE:
             return ValidationOutcome.SKIPPED
         try:
@@ -227,6 +248,26 @@ class Validator:
         _log_outcome(ValidationOutcome.REFRESHED, grant_id, login=grant.login)
         return ValidationOutcome.REFRESHED
 
+    def _purge_due(self, grant: Grant) -> bool:
+        """Whether ``grant`` has been needs_reauth for longer than ``purge_after``."""
+        return (self.purge_after > 0 and grant.state == NEEDS_REAUTH
+                and time.time() - grant.updated_at > self.purge_after)
+
+    async def _purge(self, grant_id: str) -> str:
+        """Delete a grant that stayed needs_reauth too long, as read from the store just now.
+
+        Under this interval's claim, so no other validator looks at it. A login
+        reviving the grant in the moment between that read and the delete is
+        the one race left (GrantStore.delete is not a compare-and-swap).
+        """
+        if not await self._grants.delete(grant_id):
+            return ValidationOutcome.SKIPPED  # deleted meanwhile (the admin command)
+        self._on_purged()
+        _log_outcome(ValidationOutcome.PURGED, grant_id, level=logging.INFO,
+                     note="needs_reauth for longer than auth.purge_needs_reauth_after; "
+                          "deleted with its keys")
+        return ValidationOutcome.PURGED
+
     async def _stamp(self, seen: Grant, **changes: Any) -> None:
         """Record ``changes`` on the grant, unless its token changed since we saw it.
 
@@ -244,9 +285,12 @@ class Validator:
 
 async def validator_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start validating when the app starts; stop at shutdown."""
+    auth = app[config_key].auth
     validator = Validator(app[grants_key], app[twitch_key], app[refresher_key],
-                          interval=app[config_key].auth.validate_interval,
-                          on_outcome=app[metrics_key].validation_outcome)
+                          interval=auth.validate_interval,
+                          on_outcome=app[metrics_key].validation_outcome,
+                          purge_after=auth.purge_needs_reauth_after,
+                          on_purged=app[metrics_key].grant_purged)
     app[validator_key] = validator
     await validator.start()
     yield

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app_keys import grants_key, validator_key
+from proxy.app import create_app
+from proxy.app_keys import grants_key, store_key, validator_key
+from proxy.grants import NEEDS_REAUTH
 from proxy.metrics import Metrics
 from proxy.validator import CLAIM_PREFIX
-from tests.helpers import login
+from tests.helpers import login, seed_grants
 
 
 async def scrape(proxy, **headers) -> dict[tuple[str, tuple], float]:
@@ -75,6 +79,7 @@ async def test_requests_upstream_latency_refreshes_grants_and_rate_limits(proxy,
         assert secret not in text
 
 
+@pytest.mark.parametrize("config_flags", [{"metrics.grants_interval": 0}])
 async def test_refresh_failures_by_kind(proxy, mock):
     key = (await login(proxy))["proxy_key"]
     mock.expire_access_tokens()
@@ -128,3 +133,99 @@ def test_each_app_has_its_own_registry():
                                          {"outcome": "success"}) == 1
     assert two.registry.get_sample_value("twitch_proxy_refreshes_total",
                                          {"outcome": "success"}) == 0
+
+
+# -- who may scrape ---------------------------------------------------------------------
+
+
+def _non_loopback_address() -> str | None:
+    """An address of this host that is not loopback, or None (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # only picks the interface a route would use
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+@pytest.fixture
+async def lan_proxy(aiohttp_client, proxy_config):
+    """The proxy served on (and reached through) a non-loopback address of this host."""
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback address to serve on")
+    return await aiohttp_client(create_app(proxy_config), server_kwargs={"host": address})
+
+
+async def test_without_a_token_only_loopback_may_scrape(lan_proxy):
+    refused = await lan_proxy.get("/metrics")
+    body = await refused.json()
+    assert refused.status == 403, body
+    assert body["error"] == "forbidden" and "METRICS_TOKEN" in body["message"]
+    assert (await lan_proxy.get("/healthz")).status == 200  # the same client, served
+
+
+@pytest.mark.parametrize("config_flags", [{"metrics.token": "m3trics-t0ken"}])
+async def test_with_a_token_any_address_may_scrape(lan_proxy):
+    assert (await lan_proxy.get("/metrics")).status == 401
+    samples = await scrape(lan_proxy, Authorization="Bearer m3trics-t0ken")
+    assert value(samples, "twitch_proxy_requests_total",
+                 route="/metrics", method="GET", status="401") == 1
+
+
+@pytest.mark.parametrize("config_flags", [{"server.trust_forwarded": True},
+                                          {"server.trust_forwarded": False}])
+async def test_a_forwarded_request_is_not_loopback(proxy):
+    """A router or reverse proxy on this host connects from loopback for everyone."""
+    for forwarded in ({"X-Forwarded-For": "203.0.113.9"},
+                      {"X-Forwarded-For": "127.0.0.1"},
+                      {"Forwarded": "for=127.0.0.1"}):
+        refused = await proxy.get("/metrics", headers=forwarded)
+        assert refused.status == 403, forwarded
+        assert (await refused.json())["error"] == "forbidden"
+    await scrape(proxy)  # straight from this host
+
+
+# -- what a scrape costs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_a_scrape_does_not_decrypt_every_grant(aiohttp_client, proxy_config, mock,
+                                                     monkeypatch):
+    await seed_grants(proxy_config, mock, 5)
+    client = await aiohttp_client(create_app(proxy_config))
+    validator = client.app[validator_key]
+    while validator.completed_sweeps < 1:  # its start-up sweep reads the grants too
+        await asyncio.sleep(0.01)
+    store = client.app[store_key]
+    grant_reads: list[str] = []
+    real_get = store.get
+
+    async def counting_get(key: str) -> bytes | None:
+        if key.startswith("grant:"):
+            grant_reads.append(key)
+        return await real_get(key)
+
+    monkeypatch.setattr(store, "get", counting_get)
+    first = await scrape(client)
+    assert value(first, "twitch_proxy_grants", state="active") == 5
+    assert len(grant_reads) == 5
+    grant_reads.clear()
+    second = await scrape(client)
+    assert value(second, "twitch_proxy_grants", state="active") == 5
+    assert grant_reads == []  # the tally of a moment ago, not a decryption per grant
+
+
+@pytest.mark.parametrize("config_flags", [{"metrics.grants_interval": 0.3}])
+async def test_grants_are_recounted_once_the_interval_is_over(proxy):
+    await login(proxy)
+    grants = proxy.server.app[grants_key]
+    (grant_id,) = await grants.all_ids()
+    assert value(await scrape(proxy), "twitch_proxy_grants", state="active") == 1
+    await grants.update(grant_id, state=NEEDS_REAUTH)
+    assert value(await scrape(proxy), "twitch_proxy_grants", state="needs_reauth") == 0
+    await asyncio.sleep(0.35)
+    samples = await scrape(proxy)
+    assert value(samples, "twitch_proxy_grants", state="needs_reauth") == 1
+    assert value(samples, "twitch_proxy_grants", state="active") == 0

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import time
 
 import pytest
 
 from proxy.app import create_app
-from proxy.app_keys import grants_key, refresher_key, validator_key
-from proxy.grants import ACTIVE, NEEDS_REAUTH
+from proxy.app_keys import grants_key, metrics_key, refresher_key, validator_key
+from proxy.config import ConfigError, load_config
+from proxy.grants import ACTIVE, NEEDS_REAUTH, Grant, GrantStore
+from proxy.mock_twitch import MockTwitch
 from proxy.validator import CLAIM_PREFIX, ValidationOutcome, Validator
-from tests.helpers import login, seed_grants
+from tests.helpers import login, proxy_config_flags, seed_grants
 
 sqlite = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 
@@ -181,3 +185,95 @@ async def test_a_refresh_landing_during_validation_is_not_overwritten(proxy, moc
     current = await grants.get(grant_id)
     assert current.access_token == refreshed.access_token
     assert current.expires_at == refreshed.expires_at
+
+
+# -- purging grants that stayed needs_reauth ------------------------------------------------
+
+DAY = 86400.0
+
+
+async def stored(grants: GrantStore, mock: MockTwitch, *, state: str,
+                 age: float) -> tuple[Grant, str]:
+    """A grant of a new mock user, last changed ``age`` seconds ago, and a proxy key to it."""
+    user_id = str(60_000_000 + len(mock.users))
+    mock.add_user(user_id, f"dead{user_id}")
+    tokens = mock.issue_tokens(user_id, ["user:read:email"])
+    changed = time.time() - age
+    grant = Grant(grant_id="g_" + secrets.token_hex(8), user_id=user_id, login=f"dead{user_id}",
+                  scopes=tuple(tokens["scope"]), access_token=tokens["access_token"],
+                  refresh_token=tokens["refresh_token"], expires_at=changed + 3600,
+                  state=state, created_at=changed, updated_at=changed)
+    await grants.create(grant)
+    key, _ = await grants.create_key(grant.grant_id)
+    return grant, key
+
+
+def purged_total(app) -> float:
+    return app[metrics_key].registry.get_sample_value("twitch_proxy_grants_purged_total") or 0
+
+
+async def test_needs_reauth_grants_past_the_age_are_purged(proxy, mock, caplog):
+    await started(proxy.app)
+    grants = proxy.app[grants_key]
+    dead, dead_key = await stored(grants, mock, state=NEEDS_REAUTH, age=31 * DAY)
+    young, young_key = await stored(grants, mock, state=NEEDS_REAUTH, age=29 * DAY)
+    active, active_key = await stored(grants, mock, state=ACTIVE, age=90 * DAY)
+    caplog.set_level(logging.INFO, logger="proxy.validator")
+
+    outcomes = await sweep_an_interval_later(proxy.app)
+
+    assert outcomes[dead.grant_id] == ValidationOutcome.PURGED
+    assert outcomes[young.grant_id] == ValidationOutcome.SKIPPED
+    assert outcomes[active.grant_id] == ValidationOutcome.VALID
+    assert await grants.get(dead.grant_id) is None
+    gone = await proxy.get("/status", headers={"Authorization": f"Bearer {dead_key}"})
+    assert gone.status == 401
+    assert (await status_of(proxy, young_key))["state"] == NEEDS_REAUTH
+    assert (await status_of(proxy, active_key))["state"] == ACTIVE
+    assert purged_total(proxy.app) == 1
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "proxy.validator" and "purged" in r.getMessage()]
+    assert len(lines) == 1 and dead.grant_id in lines[0], lines
+    for secret in (dead.access_token, dead.refresh_token, dead_key, dead.login):
+        assert secret not in lines[0]
+
+
+@pytest.mark.parametrize("config_flags", [{"auth.purge_needs_reauth_after": 0}])
+async def test_purging_can_be_turned_off(proxy, mock):
+    await started(proxy.app)
+    grants = proxy.app[grants_key]
+    dead, _ = await stored(grants, mock, state=NEEDS_REAUTH, age=365 * DAY)
+    assert (await sweep_an_interval_later(proxy.app))[dead.grant_id] == \
+        ValidationOutcome.SKIPPED
+    assert await grants.get(dead.grant_id) is not None
+    assert purged_total(proxy.app) == 0
+
+
+@sqlite
+@pytest.mark.parametrize("config_flags", [{"auth.purge_needs_reauth_after": 3600}])
+async def test_two_instances_purge_a_grant_once(aiohttp_client, proxy_config, mock, caplog):
+    first, second = await asyncio.gather(aiohttp_client(create_app(proxy_config)),
+                                         aiohttp_client(create_app(proxy_config)))
+    await asyncio.gather(started(first.app), started(second.app))
+    dead, _ = await stored(first.app[grants_key], mock, state=NEEDS_REAUTH, age=7200)
+    caplog.set_level(logging.INFO, logger="proxy.validator")
+
+    # Nobody has claimed the new grant yet: both sweeps race for it.
+    outcomes = await asyncio.gather(first.app[validator_key].sweep(),
+                                    second.app[validator_key].sweep())
+
+    assert sorted(o[dead.grant_id] for o in outcomes) == [ValidationOutcome.PURGED,
+                                                          ValidationOutcome.SKIPPED]
+    assert purged_total(first.app) + purged_total(second.app) == 1
+    assert len([r for r in caplog.records if "purged" in r.getMessage()]) == 1
+    assert await first.app[grants_key].get(dead.grant_id) is None
+
+
+def test_a_negative_purge_age_is_refused(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path=empty, environ={}, flags={
+            **proxy_config_flags("http://127.0.0.1:1"), "store.url": "memory://",
+            "auth.purge_needs_reauth_after": "-1"})
+    assert "auth.purge_needs_reauth_after must not be negative" in str(caught.value)
