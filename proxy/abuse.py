@@ -37,13 +37,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .app_keys import abuse_guard_key
 from .config import Config, LimitsConfig
+from .credential import Credential, proxy_key_in
 from .errors import (
     Forbidden,
     InvalidProxyKey,
@@ -53,10 +54,6 @@ from .errors import (
     RateLimited,
 )
 from .forwarded import client_address
-from .grants import PROXY_KEY_PREFIX, token_hash
-
-if TYPE_CHECKING:
-    from .credential import Credential
 
 __all__ = [
     "AbuseGuard",
@@ -354,8 +351,7 @@ def _route_name(request: web.Request) -> str | None:
 
 
 def _presents_proxy_key(request: web.Request) -> bool:
-    _, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip().startswith(PROXY_KEY_PREFIX) or (
+    return proxy_key_in(request.headers.get("Authorization", "")) is not None or (
         request.path == "/status" and request.method == "POST")
 
 
@@ -408,15 +404,6 @@ async def abuse_middleware(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
-def _grant_name(credential: Credential) -> str:
-    """The name a credential's grant is counted under (a bare token counts alone)."""
-    if credential.grant is not None:
-        return credential.grant.grant_id
-    if credential.mode == "app":
-        return "app"
-    return "token:" + token_hash(credential.access_token)
-
-
 async def acquire_upstream_slots(request: web.Request, credential: Credential) -> str:
     """One slot of the total and one of the grant's concurrency, for one Helix call.
 
@@ -426,7 +413,7 @@ async def acquire_upstream_slots(request: web.Request, credential: Credential) -
     """
     guard = request.app[abuse_guard_key]
     await guard.take_total_slot()
-    name = _grant_name(credential)
+    name = credential.bucket
     if not await guard.per_grant.acquire(name):
         guard.total.release("")
         raise RateLimited("Too many requests in flight for this grant.", retry_after=1)

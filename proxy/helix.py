@@ -137,7 +137,6 @@ async def resolve_credential(request: web.Request) -> Credential:
     token = bearer_token(authorization)
     if token is None:
         raise InvalidRequest("The Authorization header must be 'Bearer <proxy key or token>'.")
-    refresher = request.app[refresher_key]
     # Key and alias lookups come from the in-process grant cache
     # (proxy.cache): no store round trip while nothing changed.
     grants = request.app[grant_cache_key]

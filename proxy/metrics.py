@@ -53,6 +53,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from .app_keys import config_key, grants_key, metrics_key
+from .credential import bearer_token
 from .errors import Forbidden, json_error
 from .forwarded import is_loopback_client
 from .grants import ACTIVE, NEEDS_REAUTH, GrantStore
@@ -216,8 +217,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     """``GET /metrics``: the exposition, behind ``METRICS_TOKEN`` or to this host only."""
     token = request.app[config_key].metrics.token
     if token:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not _same_secret(given.strip(), token.reveal()):
+        given = bearer_token(request.headers.get("Authorization", ""))
+        if given is None or not _same_secret(given, token.reveal()):
             return json_error(401, "unauthorized",
                               "Send Authorization: Bearer <METRICS_TOKEN>.",
                               headers={"WWW-Authenticate": 'Bearer realm="metrics"'})

@@ -243,6 +243,21 @@ class Refresher:
 
         return await self._locked(f"grant:{grant_id}", work)
 
+    async def purge_if_dead(self, grant_id: str, *, dead_for: float) -> bool:
+        """Delete the grant if it has been ``needs_reauth`` for ``dead_for`` seconds.
+
+        Decided and done under the grant's refresh lock, which a login takes
+        too: a login bringing the grant back cannot be lost to the purge.
+        """
+        async def work() -> bool:
+            grant = await self._grants.get(grant_id)
+            if grant is None or grant.state != NEEDS_REAUTH \
+                    or time.time() - grant.updated_at <= dead_for:
+                return False
+            return await self._grants.delete(grant_id)
+
+        return await self._locked(f"grant:{grant_id}", work)
+
     async def aclose(self) -> None:
         """Let refreshes in flight finish (their rotations must be stored)."""
         if self._flights:

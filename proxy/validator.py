@@ -254,14 +254,14 @@ class Validator:
                 and time.time() - grant.updated_at > self.purge_after)
 
     async def _purge(self, grant_id: str) -> str:
-        """Delete a grant that stayed needs_reauth too long, as read from the store just now.
+        """Delete a grant that stayed needs_reauth too long.
 
-        Under this interval's claim, so no other validator looks at it. A login
-        reviving the grant in the moment between that read and the delete is
-        the one race left (GrantStore.delete is not a compare-and-swap).
+        Under this interval's claim, so no other validator looks at it, and
+        checked again under the grant's refresh lock, so a login bringing it
+        back at that moment wins.
         """
-        if not await self._grants.delete(grant_id):
-            return ValidationOutcome.SKIPPED  # deleted meanwhile (the admin command)
+        if not await self._refresher.purge_if_dead(grant_id, dead_for=self.purge_after):
+            return ValidationOutcome.SKIPPED  # deleted or logged in again meanwhile
         self._on_purged()
         _log_outcome(ValidationOutcome.PURGED, grant_id, level=logging.INFO,
                      note="needs_reauth for longer than auth.purge_needs_reauth_after; "
