@@ -148,6 +148,21 @@ async def test_key_revoked_in_one_process_is_refused_by_the_other(two_proxies, m
     assert (await response.json())["error"] == "invalid_proxy_key"
 
 
+async def test_revoking_in_one_process_ends_an_old_pair_in_the_other(two_proxies, mock):
+    first, second = two_proxies
+    tokens = await login(first)
+    widget = {**bearer(tokens["access_token"]), "X-Refresh-Token": tokens["refresh_token"]}
+    await second.app[grant_cache_key].check_generation()
+    assert (await second.get("/helix/users", headers=widget)).status == 200  # remembered
+    revoked = await first.post("/revoke?twitch=true", headers=bearer(tokens["proxy_key"]))
+    assert revoked.status == 200
+    await login(first)  # a new chain: the old pair must not come back with it
+    await second.app[grant_cache_key].check_generation()
+    response = await second.get("/helix/users", headers=widget)
+    assert response.status == 401
+    assert "X-Access-Token" not in response.headers
+
+
 async def test_rotation_in_one_process_is_used_by_the_other(two_proxies, mock):
     first, second = two_proxies
     key = (await login(first))["proxy_key"]

@@ -175,6 +175,19 @@ async def test_a_new_login_ends_the_old_chains_aliases(proxy, mock):
     assert (await proxy.get("/helix/users", headers=widget)).status == 401
 
 
+async def test_a_revoked_key_stays_revoked_and_the_others_come_back_with_a_login(proxy, mock):
+    kept = (await login(proxy))["proxy_key"]
+    revoked = (await login(proxy))["proxy_key"]  # a second key of the same grant
+    answer = await proxy.post("/revoke?twitch=true", headers=bearer(revoked))
+    assert (await answer.json()) == {"revoked": True, "twitch_revoked": True}
+    waiting = await proxy.get("/helix/users", headers=bearer(kept))
+    assert (await waiting.json())["error"] == "reauthorization_required"
+    await login(proxy)
+    assert (await proxy.get("/helix/users", headers=bearer(kept))).status == 200
+    again = await proxy.get("/helix/users", headers=bearer(revoked))
+    assert (await again.json())["error"] == "invalid_proxy_key"
+
+
 @pytest.mark.parametrize("config_flags", [{"auth.replay_window": 1.0}])
 async def test_a_rotated_token_expires_after_the_window_on_helix_too(proxy, mock):
     first = await login(proxy)
