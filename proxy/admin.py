@@ -39,7 +39,7 @@ import aiohttp
 from .app import cipher_for
 from .cache import CachedGrantStore
 from .config import Config
-from .crypto import DecryptionFailed
+from .crypto import DecryptionFailed, KeyFileError
 from .errors import ProxyError, TwitchRefused
 from .grants import Grant, GrantStore
 from .refresh import Refresher
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace, config: Config, *, out: TextIO = sys.stdout,
     except AdminError as exc:
         print(f"twitch-proxy: {exc}", file=err)
         return 1
-    except DecryptionFailed as exc:
+    except (DecryptionFailed, KeyFileError) as exc:
         print(f"twitch-proxy: {exc}", file=err)
         return 2
     except ProxyError as exc:  # the store or Twitch unavailable: messages hold no secret
@@ -117,10 +117,11 @@ def run(args: argparse.Namespace, config: Config, *, out: TextIO = sys.stdout,
 
 @asynccontextmanager
 async def _grant_store(config: Config) -> AsyncIterator[GrantStore]:
+    cipher = cipher_for(config)  # first: a refused key file leaves no store open
     store = await open_store(config.store.url, prefix=config.store.prefix)
     try:
         # The servers' grant store: its writes tell running servers' caches.
-        yield CachedGrantStore(store, cipher_for(config), poll_interval=config.store.cache_poll)
+        yield CachedGrantStore(store, cipher, poll_interval=config.store.cache_poll)
     finally:
         await store.close()
 

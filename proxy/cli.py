@@ -22,9 +22,9 @@ from typing import Any
 from aiohttp import web
 
 from . import admin
-from .app import create_app
+from .app import cipher_for, create_app
 from .config import Config, ConfigError, env_table, load_config
-from .crypto import DecryptionFailed
+from .crypto import DecryptionFailed, KeyFileError
 from .logs import config_secrets, setup_logging
 from .server import serve
 
@@ -204,10 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is not None:
         return admin.run(args, config)
     try:
+        # The key file is checked (or created) before anything is served, so an
+        # unsafe one is one clear start-up error, not one per gunicorn worker.
+        cipher_for(config)
         _serve(config, mock_port)
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
-    except DecryptionFailed as exc:
+    except (DecryptionFailed, KeyFileError) as exc:
         print(f"twitch-proxy: cannot start: {exc}", file=sys.stderr)
         return 2
     return 0

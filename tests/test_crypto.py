@@ -19,7 +19,14 @@ from cryptography.fernet import Fernet, InvalidToken
 from proxy.app import create_app
 from proxy.app_keys import grants_key
 from proxy.config import load_config
-from proxy.crypto import DecryptionFailed, FernetCipher, key_file_for, parse_keys
+from proxy.crypto import (
+    DecryptionFailed,
+    FernetCipher,
+    KeyFileError,
+    key_file_for,
+    load_or_create_key_file,
+    parse_keys,
+)
 from proxy.grants import GrantStore
 from proxy.secret import Secret
 from proxy.store import open_store
@@ -229,3 +236,140 @@ async def test_a_request_meeting_an_undecryptable_record_gets_a_clear_500(
     answer = await response.json()
     assert answer["error"] == "store_key_mismatch"
     assert body["access_token"] not in answer["message"]
+
+
+# --- the key file beside a SQLite database ----------------------------------------------
+
+@pytest.fixture
+def permissive_umask():
+    """The common 022 umask, under which a file created 0666 is readable by everyone."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_key_file_is_private_and_never_written_through_a_planted_symlink(
+    tmp_path, permissive_umask
+):
+    database = tmp_path / "tokens.sqlite3"
+    key_file = key_file_for(database)
+    victim = tmp_path / "elsewhere"
+    victim.write_text("someone else's file\n")
+    # Where a predictable temporary name would put the new key (the pid's).
+    planted = key_file.with_name(f"{key_file.name}.{os.getpid()}.tmp")
+    planted.symlink_to(victim)
+
+    key = load_or_create_key_file(database)
+
+    assert victim.read_text() == "someone else's file\n"
+    assert planted.is_symlink() and os.readlink(planted) == str(victim)
+    assert not key_file.is_symlink() and key_file.is_file()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().strip() == key.reveal()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == [planted.name]
+
+
+def test_the_temporary_key_file_is_created_exclusively_without_following_a_symlink(
+    tmp_path, monkeypatch
+):
+    import proxy.crypto
+
+    database = tmp_path / "tokens.sqlite3"
+    victim = tmp_path / "elsewhere"
+    victim.write_text("someone else's file\n")
+    planted = tmp_path / "guessed.tmp"
+    planted.symlink_to(victim)
+    # As if someone had guessed the random name: the create must still refuse it.
+    monkeypatch.setattr(proxy.crypto, "_temporary_key_path", lambda path: planted)
+
+    with pytest.raises(KeyFileError) as refused:
+        load_or_create_key_file(database)
+
+    assert str(key_file_for(database)) in str(refused.value)
+    assert victim.read_text() == "someone else's file\n"
+    assert not key_file_for(database).exists()
+
+
+def _key_file_with(database: Path, mode: int) -> str:
+    key = Fernet.generate_key().decode()
+    path = key_file_for(database)
+    path.write_text(key + "\n")
+    path.chmod(mode)
+    return key
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620], ids=lambda mode: f"{mode:04o}")
+def test_a_key_file_others_may_read_or_change_is_refused(tmp_path, mode):
+    database = tmp_path / "tokens.sqlite3"
+    key = _key_file_with(database, mode)
+
+    with pytest.raises(KeyFileError) as refused:
+        load_or_create_key_file(database)
+
+    message = str(refused.value)
+    assert str(key_file_for(database)) in message and f"{mode:04o}" in message
+    assert "chmod 600" in message and "TOKEN_ENCRYPTION_KEY" in message
+    assert key not in message
+
+
+def test_a_key_file_that_is_a_symlink_is_refused(tmp_path):
+    database = tmp_path / "tokens.sqlite3"
+    # Someone else's key, in a private file: following the link would encrypt under it.
+    theirs = tmp_path / "their.key"
+    key = Fernet.generate_key().decode()
+    theirs.write_text(key + "\n")
+    theirs.chmod(0o600)
+    key_file_for(database).symlink_to(theirs)
+
+    with pytest.raises(KeyFileError) as refused:
+        load_or_create_key_file(database)
+
+    assert "symbolic link" in str(refused.value) and key not in str(refused.value)
+
+
+def test_a_dangling_key_file_symlink_is_refused_not_followed(tmp_path):
+    database = tmp_path / "tokens.sqlite3"
+    target = tmp_path / "not-yet"
+    key_file_for(database).symlink_to(target)
+
+    with pytest.raises(KeyFileError):
+        load_or_create_key_file(database)
+
+    assert not target.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_key_file_of_another_user_is_refused(tmp_path):
+    database = tmp_path / "tokens.sqlite3"
+    _key_file_with(database, 0o600)
+    os.chown(key_file_for(database), 65534, 65534)
+
+    with pytest.raises(KeyFileError) as refused:
+        load_or_create_key_file(database)
+
+    assert "another user" in str(refused.value)
+
+
+async def test_the_commands_exit_with_the_unsafe_key_file_message(twitch_server, mock, tmp_path):
+    url = f"sqlite:///{tmp_path}/tokens.sqlite3"
+    grant = (await seed_grants(config_for(twitch_server, tmp_path, url), mock, 1))[0]
+    key_file = key_file_for(tmp_path / "tokens.sqlite3")
+    key = key_file.read_text().strip()
+    key_file.chmod(0o644)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PROXY_VARIABLES)}
+    env.update(TWITCH_CLIENT_ID="mock-client-id", TWITCH_CLIENT_SECRET="mock-client-secret",
+               TWITCH_ID_URL=mock_url(twitch_server),
+               TWITCH_HELIX_URL=f"{mock_url(twitch_server)}/helix", TOKEN_STORE_URL=url)
+
+    for command in (["--port", "0"], ["grants", "list"]):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", *command, cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        text = out.decode() + err.decode()
+        assert process.returncode == 2, text
+        assert f"refusing the encryption key file {key_file}" in err.decode()
+        assert "Traceback" not in text
+        for secret in (grant.access_token, grant.refresh_token, key):
+            assert secret not in text

@@ -2,7 +2,8 @@
 
 One file shared by every worker on one host. Each statement runs in
 autocommit, so every operation is one atomic statement and no transaction is
-ever left open. The file is in WAL mode, so readers never wait for a writer;
+ever left open. The file and its -wal/-shm companions are private to the
+user (0600). The file is in WAL mode, so readers never wait for a writer;
 a writer waits up to ``busy_timeout`` for another and then gives up with
 :class:`StoreUnavailable`.
 
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -78,6 +81,38 @@ _POLL_MAX = 0.05
 # Expired rows nobody reads again are purged at most this often, on a write.
 _PURGE_INTERVAL = 60.0
 
+# The database and its companions hold user ids and pending logins: owner only.
+_PRIVATE = 0o600
+_OTHERS = 0o077  # group and others' permission bits
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _make_private(database: Path) -> None:
+    """Create ``database`` readable by this user only, and make private what is not.
+
+    The file is created 0600 here, before SQLite opens it: SQLite would create
+    it 0644 under the usual umask, with user ids and pending logins in it. Its
+    -wal, -shm and -journal files SQLite creates later with the database's own
+    permission bits, so they are born private too; those an older version left
+    open to others are made private (with a warning), as is such a database.
+    """
+    os.close(os.open(database, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, _PRIVATE))
+    for path in (database, *(database.with_name(database.name + s) for s in _COMPANIONS)):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & _OTHERS:
+            continue
+        try:
+            path.chmod(_PRIVATE)
+        except PermissionError:  # another user's file: SQLite may still be able to open it
+            log.warning("%s is open to other users (mode %04o) and only its owner can make "
+                        "it private", path, mode)
+        else:
+            log.warning("%s was open to other users (mode %04o); made it private (0600)",
+                        path, mode)
+
 
 @contextmanager
 def _unavailable_on_operational_errors() -> Iterator[None]:
@@ -122,10 +157,11 @@ class SQLiteStore:
     async def open(
         cls, path: str | Path, *, prefix: str = DEFAULT_PREFIX, busy_timeout: float = 5.0
     ) -> SQLiteStore:
-        """Open (creating it and its directory if needed) and prepare the file at ``path``."""
+        """Open (creating it 0600, and its directory, if needed) and prepare the file ``path``."""
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(path)
             connection = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreUnavailable(f"Cannot open the SQLite store at {path}: {exc}") from exc
