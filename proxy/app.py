@@ -13,7 +13,9 @@ Routes, by module:
 - ``/metrics``                                  -> :mod:`proxy.metrics`
 
 Every request passes :func:`proxy.requestlog.request_middleware` first (request
-id, the router's view of the client, one log line, metrics).
+id, the router's view of the client, one log line, metrics), then the JSON
+errors, then :mod:`proxy.header_check` (header values that are not text are
+refused before anything reads them).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from .crypto import (
     parse_keys,
 )
 from .errors import error_middleware
+from .header_check import header_check_middleware
 from .health import setup_health
 from .helix import setup_helix
 from .helix_client import HelixClient
@@ -140,7 +143,8 @@ async def landing(request: web.Request) -> web.Response:
 
 def create_app(config: Config) -> web.Application:
     """Build the proxy application for ``config``; no I/O happens here."""
-    app = web.Application(middlewares=[request_middleware, error_middleware, abuse_middleware],
+    app = web.Application(middlewares=[request_middleware, error_middleware,
+                                       header_check_middleware, abuse_middleware],
                           client_max_size=max(config.helix.max_body, 64 * 1024),
                           handler_args=handler_args(config.limits))
     app[config_key] = config

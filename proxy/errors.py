@@ -5,7 +5,8 @@ The hierarchy::
     ProxyError                      (500 internal_error)
     ├── InvalidRequest              (400 invalid_request)
     │   ├── InvalidState            (400 invalid_state)
-    │   └── InvalidPath             (400 invalid_path)
+    │   ├── InvalidPath             (400 invalid_path)
+    │   └── InvalidHeader           (400 invalid_header)
     ├── AccessDenied                (400 access_denied)
     ├── InvalidProxyKey             (401 invalid_proxy_key)
     ├── ReauthorizationRequired     (401 reauthorization_required)
@@ -43,6 +44,7 @@ from aiohttp.typedefs import Handler
 __all__ = [
     "AccessDenied",
     "Forbidden",
+    "InvalidHeader",
     "InvalidPath",
     "InvalidProxyKey",
     "InvalidRequest",
@@ -107,6 +109,12 @@ class InvalidPath(InvalidRequest):
     """The Helix path would leave the Helix base URL."""
 
     code = "invalid_path"
+
+
+class InvalidHeader(InvalidRequest):
+    """A request header value holds control characters or bytes that are not text."""
+
+    code = "invalid_header"
 
 
 class AccessDenied(ProxyError):

@@ -121,7 +121,9 @@ def _log_request(request: web.Request, record: RequestRecord, status: int,
         "event": "request",
         "method": request.method,
         "route": route,
-        "path": request.path,
+        # As sent, percent-encoded: a decoded path could hold a line break or a
+        # space followed by a field of its own ("path=/x grant_id=...").
+        "path": request.rel_url.raw_path,
         "status": status,
         "duration_ms": round(seconds * 1000, 1),
         "upstream_status": record.upstream_status,
