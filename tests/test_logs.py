@@ -271,7 +271,9 @@ async def test_no_secret_reaches_a_log_line_or_an_error_body(
         **proxy_config_flags(dead), "store.url": empty,
         "twitch.client_secret": CLIENT_SECRET, "store.encryption_key": ENCRYPTION_KEY})
     down = await aiohttp_client(create_app(down_config), server_kwargs={"access_log": None})
-    response = await down.post("/refresh", json={"refresh_token": pair["refresh_token"]})
+    # A token the proxy has not seen must be proven at Twitch, which is unreachable.
+    unseen = mock.issue_tokens(DEFAULT_USER_ID, ["user:read:email"])
+    response = await down.post("/refresh", json={"refresh_token": unseen["refresh_token"]})
     assert response.status == 502
     error_bodies.append(await response.text())
     response = await down.get("/helix/users", headers=legacy)
