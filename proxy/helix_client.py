@@ -16,7 +16,25 @@ llhttp's parser (httptools):
 - bodies passed through as they came (no decompression), read whole or
   streamed with back-pressure;
 - a reused connection the server had closed is retried once on a new one
-  for idempotent methods (nothing was received, so nothing was processed).
+  for idempotent methods (nothing was received, so nothing was processed);
+- a connection out of step with its server is never used again (see below).
+
+Callers of different grants take turns on the same connections, so a byte
+parsed into the wrong answer hands one user's data to another. A connection
+is reused only while every byte it received belonged to the answer awaited.
+It is aborted, never pooled, when anything else comes: a byte after the end
+of an answer (in the same read or a later one), bytes while no request is
+outstanding (also those already in the socket, unread, when a caller takes
+it from the pool), or an answer that ended before the request was sent whole
+(the server may read the rest of the body as a next request). The caller
+whose answer was whole still gets it. What no HTTP/1.1 client can tell: bytes
+a server sends once a request is out are that request's answer. And llhttp
+skips bare line breaks between answers unreported; they carry nothing.
+
+Interim answers (100 Continue, 103 Early Hints) are skipped: RFC 9110 says a
+client must accept them even unasked. A 101 Switching Protocols, never asked
+for, breaks the call. An answer to HEAD has no body whatever its headers say,
+and llhttp cannot be told so: that connection is not kept.
 
 Failures are :class:`ConnectFailed` (Twitch not reachable),
 :class:`ConnectionBroken` (the connection failed or the answer was not HTTP)
@@ -28,7 +46,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
+import sys
 from collections.abc import AsyncIterator, Iterable
 from typing import cast
 
@@ -62,20 +82,44 @@ class ConnectionBroken(UpstreamError):
     """The connection failed mid-call, or the answer was not valid HTTP."""
 
 
+class _StopParsing(Exception):
+    """Raised in an llhttp callback so that it reports nothing more from this read."""
+
+
+if sys.platform == "win32":
+    def _readable(fd: int) -> bool:
+        return bool(select.select([fd], [], [], 0)[0])
+else:
+    def _readable(fd: int) -> bool:
+        # poll, not select: select refuses descriptors above FD_SETSIZE (1024).
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+
+
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection: the protocol llhttp's callbacks report to."""
+    """One keep-alive connection: the protocol llhttp's callbacks report to.
+
+    ``reusable`` turns False for good once the connection is closed, not kept
+    alive, or out of step with its server (see the module docstring).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, origin: _Origin) -> None:
         self._loop = loop
         self.origin = origin
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
-        self.open = True
+        self._fd = -1
+        self.reusable = True
         self.reused = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._head_size = 0
+        # A request was sent and its final answer has not ended: only then are
+        # bytes from the server expected.
+        self._awaiting = False
+        self._head_request = False
         # The answer being received.
         self.status = 0
         self.headers: list[tuple[str, str]] = []
@@ -92,23 +136,29 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport: no isinstance.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._fd = sock.fileno()
 
     def data_received(self, data: bytes) -> None:
-        if self.complete or self._waiter is None and not self.headers_done:
-            # Bytes nobody asked for: the connection cannot be trusted again.
-            self.open = False
-            self._abort()
+        if not self._awaiting:
+            # Nothing was asked, or the answer has ended: these bytes are nobody's,
+            # and what follows them could not be told apart from an answer.
+            self._drop_out_of_step()
             return
         self.received_any = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._fail(ConnectionBroken("The upstream's answer is not valid HTTP."))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # not a subclass
+            if self.complete:
+                self._drop_out_of_step()  # the answer is whole; what came after it is not
+            else:
+                self._fail(ConnectionBroken("The upstream's answer is not valid HTTP."))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.open = False
-        if self.complete:
-            return
+        self.reusable = False
+        if not self._awaiting:
+            return  # idle, or the answer had ended: nobody is waiting
         if exc is None and self.headers_done and self._until_eof:
             self.on_message_complete()  # the body ran until the server closed: done
             return
@@ -116,21 +166,37 @@ class _Connection(asyncio.Protocol):
 
     # -- llhttp callbacks ----------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second answer, or bytes that begin like one, after ours: stop
+            # llhttp before it reports any of it into the answer just ended.
+            raise _StopParsing
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Interim answers' headers count too: an endless run of them ends here.
         self._head_size += len(name) + len(value)
         if self._head_size > _MAX_HEAD:
             self._fail(ConnectionBroken("The upstream sent oversized headers."))
-            return
+            raise _StopParsing
         self.headers.append((name.decode("latin-1"),
                              value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if status == 101:
+            self._fail(ConnectionBroken("The upstream switched protocols unasked."))
+            raise _StopParsing
         if status < 200:
             self.headers = []  # 1xx: an interim answer; the real one follows
             return
         self.status = status
         self.headers_done = True
+        if self._head_request:
+            # No body follows, but llhttp would wait for the one the headers
+            # announce and take the next answer's bytes for it: stop here, and
+            # do not keep the connection.
+            self._end(keep_alive=False)
+            raise _StopParsing
         self._until_eof = not any(name.lower() in ("content-length", "transfer-encoding")
                                   for name, _ in self.headers) and status not in (204, 304)
         self._wake()
@@ -146,22 +212,32 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if not self.headers_done:
             return  # the end of a 1xx answer
-        self.complete = True
-        if self.open and not self._parser.should_keep_alive():
-            self.open = False
-        self._wake()
+        self._end(keep_alive=self._parser.should_keep_alive())
 
     # -- used by the client ----------------------------------------------------------------
 
-    def start(self, head: bytes, body: bytes) -> None:
+    def start(self, head: bytes, body: bytes, *, head_request: bool = False) -> None:
         """Send one request; the answer's state starts over."""
-        assert self.transport is not None
+        if not self.reusable or self.transport is None:
+            # Closed, or the server spoke between connecting and now.
+            raise ConnectionBroken("The connection closed before the request was sent.")
         self.status, self.headers, self.headers_done = 0, [], False
         self.complete = self.received_any = self._until_eof = False
         self.chunks.clear()
         self._buffered = self._head_size = 0
         self._error = None
+        self._head_request = head_request
+        self._awaiting = True
         self.transport.write(head + body if body else head)
+
+    def has_unread_input(self) -> bool:
+        """Whether bytes, or the server's close, wait in the socket, not yet delivered.
+
+        The event loop reads an idle connection's stray bytes only when it gets
+        to them; a caller may take the connection from the pool first (a busy
+        loop runs many callbacks per turn), and they would read as its answer.
+        """
+        return self._fd >= 0 and _readable(self._fd)
 
     async def wait(self) -> None:
         """Until the next thing happens: headers, a body chunk, the end or an error."""
@@ -177,7 +253,7 @@ class _Connection(asyncio.Protocol):
         chunks = list(self.chunks)
         self.chunks.clear()
         self._buffered = 0
-        if self._paused and self.transport is not None and self.open:
+        if self._paused and self.transport is not None and not self.transport.is_closing():
             self._paused = False
             self.transport.resume_reading()
         return chunks
@@ -186,16 +262,36 @@ class _Connection(asyncio.Protocol):
         self._fail(TimeoutError())
 
     def close(self) -> None:
-        self.open = False
-        if self.transport is not None:
+        self.reusable = False
+        if self.transport is None:
+            return
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()  # the rest of a request that nobody will read the answer to
+        else:
             self.transport.close()
+
+    def _end(self, *, keep_alive: bool) -> None:
+        """The final answer has ended: nothing more is expected on this connection."""
+        self.complete = True
+        self._awaiting = False
+        # An answer that came while the request was still being sent: the
+        # server did not read all of it, and may take the rest for a next one.
+        unsent = self.transport is not None and self.transport.get_write_buffer_size() > 0
+        if not keep_alive or unsent:
+            self.reusable = False
+        self._wake()
+
+    def _drop_out_of_step(self) -> None:
+        """Bytes came that belong to no answer awaited: never reuse, and close now."""
+        self.reusable = False
+        self._abort()
 
     def _abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
     def _fail(self, error: BaseException) -> None:
-        self.open = False
+        self.reusable = False
         if self._error is None:
             self._error = error
         if self._waiter is not None and not self._waiter.done():
@@ -320,7 +416,7 @@ class HelixClient:
                 timer = loop.call_at(deadline, conn.timed_out)
                 self._busy.add(conn)
                 try:
-                    conn.start(head, body)
+                    conn.start(head, body, head_request=method == "HEAD")
                     while not conn.headers_done:
                         await conn.wait()
                 except ConnectionBroken:
@@ -344,7 +440,8 @@ class HelixClient:
         """Called by :meth:`HelixResponse.release`."""
         self._busy.discard(conn)
         self._free_slot()
-        if conn.complete and conn.open and not self._closed:
+        if conn.complete and conn.reusable and not self._closed:
+            conn.take_chunks()  # a body left unread: dropped, and reading resumes if paused
             conn.reused = True
             conn.idle_since = asyncio.get_running_loop().time()
             conn.origin.idle.append(conn)
@@ -389,7 +486,8 @@ class HelixClient:
     def _idle_connection(self, origin: _Origin, now: float) -> _Connection | None:
         while origin.idle:
             conn = origin.idle.pop()
-            if conn.open and now - conn.idle_since < self._keepalive:
+            if conn.reusable and now - conn.idle_since < self._keepalive \
+                    and not conn.has_unread_input():
                 return conn
             conn.close()
         return None
