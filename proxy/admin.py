@@ -18,8 +18,13 @@ which tells the servers' caches that something changed.
   ``TOKEN_ENCRYPTION_KEY``; the step between putting a new key first and
   dropping the old one.
 
+A SQLite store must exist already (the server creates it on first start):
+a path that does not is refused, so a typo cannot create an empty store and a
+new key beside it; ``grants import --create`` makes a new one.
+
 ``GRANT`` is a grant id (``g_...``) or a Twitch login. Exit codes: 0 done,
-1 the operation failed (unknown grant, Twitch refused), 2 bad configuration.
+1 the operation failed (unknown grant, Twitch refused), 2 bad configuration
+(including a SQLite store that does not exist).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
@@ -43,7 +49,7 @@ from .crypto import DecryptionFailed, KeyFileError
 from .errors import ProxyError, TwitchRefused
 from .grants import Grant, GrantStore
 from .refresh import Refresher
-from .store import open_store, store_is_shared
+from .store import open_store, sqlite_path, store_is_shared
 from .twitch import TwitchClient
 
 __all__ = ["AdminError", "add_subcommands", "run"]
@@ -71,6 +77,10 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         help="adopt a refresh token you already hold; prints a new proxy key")
     imported.add_argument("--refresh-token", required=True, metavar="TOKEN",
                           help="the refresh token, or - to read it from stdin")
+    imported.add_argument("--create", action="store_true",
+                          help="create the SQLite store if it does not exist yet (without it, "
+                               "every command refuses a SQLite path that does not exist, so "
+                               "a typo cannot make a new empty store and key)")
     imported.add_argument("--json", action="store_true", help="print JSON")
     listed = grant_actions.add_parser("list", parents=[common],
                                       help="every grant, without any secret")
@@ -100,6 +110,12 @@ def run(args: argparse.Namespace, config: Config, *, out: TextIO = sys.stdout,
               "commands need the server's SQLite or Redis store (TOKEN_STORE_URL or --store)",
               file=err)
         return 2
+    missing = _missing_database(config.store.url)
+    if missing is not None and not getattr(args, "create", False):
+        print(f"twitch-proxy: no SQLite store at {missing}: check --store or TOKEN_STORE_URL "
+              "(the server creates its database on first start; `grants import --create` "
+              "makes a new one)", file=err)
+        return 2
     command = _COMMANDS[(args.command, args.action)]
     try:
         asyncio.run(command(args, config, out))
@@ -113,6 +129,18 @@ def run(args: argparse.Namespace, config: Config, *, out: TextIO = sys.stdout,
         print(f"twitch-proxy: {exc.message}", file=err)
         return 1
     return 0
+
+
+def _missing_database(url: str) -> Path | None:
+    """The SQLite file ``url`` names when it does not exist (absolute); else None.
+
+    Opening it would create an empty database and, beside it, a new key:
+    from a typo in ``--store``, a store that only looks empty.
+    """
+    if not url.startswith("sqlite:"):
+        return None
+    path = Path(sqlite_path(url)).absolute()
+    return None if path.exists() else path
 
 
 @asynccontextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
+import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from cryptography.fernet import Fernet
 from proxy.app import create_app
 from proxy.app_keys import grants_key
 from proxy.config import Config, load_config
+from proxy.crypto import key_file_for
+from proxy.store import open_store
 
 #: The proxy's own variables, dropped from the environment the commands inherit.
 _PROXY_VARIABLES = ("TWITCH_", "TOKEN_", "REDIS_URL", "PROXY_CONFIG", "PORT", "HOST",
@@ -63,6 +67,8 @@ async def admin(request, twitch_server, tmp_path) -> AdminSetup:
     (tmp_path / "proxy.yaml").write_text(f"store:\n  prefix: '{prefix}'\n")
     if request.param == "sqlite":
         store = {"TOKEN_STORE_URL": f"sqlite:///{tmp_path}/tokens.sqlite3"}
+        # As a server's first start leaves it: the commands refuse a missing file.
+        await (await open_store(store["TOKEN_STORE_URL"])).close()
     else:
         redis_url = request.getfixturevalue("redis_url")
         store = {"REDIS_URL": redis_url, "TOKEN_ENCRYPTION_KEY": Fernet.generate_key().decode()}
@@ -203,6 +209,7 @@ async def test_unknown_names_fail_with_a_clear_message(admin, mock):
 async def test_options_may_follow_the_command(admin, mock, tmp_path):
     await import_token(admin, mock)
     other = f"sqlite:///{tmp_path}/elsewhere.sqlite3"
+    await (await open_store(other)).close()
     assert json.loads(await admin.ok("grants", "list", "--json", "--store", other)) == []
     assert len(json.loads(await admin.ok("grants", "list", "--json"))) == 1
 
@@ -224,3 +231,52 @@ async def test_admin_commands_refuse_the_memory_store(twitch_server, tmp_path):
     setup = AdminSetup(env, load_config(environ=env), tmp_path)
     code, _, err = await setup.run("grants", "list")
     assert code == 2 and "memory:// store lives inside one server process" in err
+
+
+@pytest.mark.parametrize("command", [
+    ["grants", "list"],
+    ["grants", "delete", "twitchdev"],
+    ["grants", "reencrypt"],
+    ["keys", "create", "twitchdev"],
+    ["keys", "revoke", "0123456789ab"],
+    ["grants", "import", "--refresh-token", "-"],
+], ids=" ".join)
+async def test_a_sqlite_store_that_does_not_exist_is_refused_and_not_created(
+    twitch_server, mock, tmp_path, command
+):
+    env = environment(str(twitch_server.make_url("")).rstrip("/"))
+    setup = AdminSetup(env, load_config(environ=env), tmp_path)
+    tokens = mock.issue_tokens("141981764", [])
+
+    code, out, err = await setup.run(*command, "--store", "sqlite:///typo/tokens.sqlite3",
+                                     stdin=tokens["refresh_token"] + "\n")
+
+    assert code == 2, out + err
+    assert f"no SQLite store at {tmp_path / 'typo' / 'tokens.sqlite3'}" in err
+    assert "Traceback" not in err and tokens["refresh_token"] not in out + err
+    assert list(tmp_path.iterdir()) == []  # no database, no key file, no directory
+    assert mock.calls["token:refresh_token"] == 0  # the token was not spent either
+
+
+async def test_import_with_create_makes_a_new_private_store(twitch_server, mock, tmp_path):
+    env = environment(str(twitch_server.make_url("")).rstrip("/"))
+    setup = AdminSetup(env, load_config(environ=env), tmp_path)
+    database = tmp_path / "new" / "tokens.sqlite3"
+    store = ["--store", f"sqlite:///{database}"]
+    tokens = mock.issue_tokens("141981764", ["user:read:email"])
+
+    imported = json.loads(await setup.ok("grants", "import", "--create", *store, "--json",
+                                         "--refresh-token", tokens["refresh_token"]))
+
+    assert imported["login"] == "twitchdev"
+    for path in (database, key_file_for(database)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    rows = json.loads(await setup.ok("grants", "list", "--json", *store))
+    assert [row["grant_id"] for row in rows] == [imported["grant_id"]]
+
+
+def test_the_create_option_is_explained_in_the_help():
+    result = subprocess.run([sys.executable, "-m", "proxy", "grants", "import", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--create" in result.stdout and "does not exist" in result.stdout
