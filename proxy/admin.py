@@ -7,9 +7,9 @@ which tells the servers' caches that something changed.
 
 - ``grants import --refresh-token X`` (``-`` reads it from stdin, which keeps it
   out of ``ps`` and shell history): refreshes X once through the
-  :class:`~proxy.refresh.Refresher` to prove it (the spent X is remembered, so
-  a widget still holding it gets the current pair), asks Twitch's validate
-  endpoint whose it is, stores the grant and prints a new proxy key. The
+  :class:`~proxy.refresh.Refresher`, which proves it and asks Twitch's validate
+  endpoint whose it is (the spent X is remembered, so a widget still holding it
+  gets the current pair), stores the grant and prints a new proxy key. The
   migration path for the old tool's users.
 - ``grants list``: login, user id, scopes, state, expiry and key ids; never a
   token or a key.
@@ -210,10 +210,12 @@ async def grants_import(args: argparse.Namespace, config: Config, out: TextIO) -
         except TwitchRefused as exc:
             raise AdminError(f"Twitch refused the refresh token ({exc.status} {exc.message}); "
                              "nothing was stored") from None
-        identity = await twitch.validate(grant.access_token)
-        if identity is None:
-            raise AdminError("Twitch does not accept the refreshed token; try again")
         if grant.user_id is None:
+            # The exchange proves whose the token is; it could not (Twitch failing
+            # to validate), so ask once more before handing out a key.
+            identity = await twitch.validate(grant.access_token)
+            if identity is None:
+                raise AdminError("Twitch does not accept the refreshed token; try again")
             now = time.time()
             grant = await grants.update(
                 grant.grant_id, user_id=identity.user_id, login=identity.login,
