@@ -239,9 +239,9 @@ class CachedGrantStore(GrantStore):
             await self._changed()
 
     async def index_refresh_token(self, token: str, grant_id: str, kind: RefreshTokenKind,
-                                  *, chain: str | None, ttl: float | None = None) -> None:
+                                  *, chain: str | None, window: float | None = None) -> None:
         try:
-            await super().index_refresh_token(token, grant_id, kind, chain=chain, ttl=ttl)
+            await super().index_refresh_token(token, grant_id, kind, chain=chain, window=window)
         finally:
             await self._changed()
 
@@ -260,6 +260,12 @@ class CachedGrantStore(GrantStore):
     async def revoke_key(self, key: str) -> bool:
         try:
             return await super().revoke_key(key)
+        finally:
+            await self._changed()
+
+    async def revoke_keys_of(self, grant_id: str) -> int:
+        try:
+            return await super().revoke_keys_of(grant_id)
         finally:
             await self._changed()
 

@@ -48,7 +48,7 @@ from typing import Any, Literal
 from .crypto import Cipher
 from .store.base import TokenStore
 
-__all__ = ["ACTIVE", "ENDED_ALIAS_TTL", "NEEDS_REAUTH", "Grant", "GrantStore", "KeyRecord",
+__all__ = ["ACTIVE", "SPENT_ALIAS_TTL", "NEEDS_REAUTH", "Grant", "GrantStore", "KeyRecord",
            "RefreshTokenRef", "new_chain", "new_grant_id", "new_proxy_key", "token_hash"]
 
 ACTIVE = "active"
@@ -57,9 +57,10 @@ PROXY_KEY_PREFIX = "tpk_"
 
 RefreshTokenKind = Literal["current", "rotated", "adopted"]
 
-#: How long the aliases of an ended chain are kept, refused without asking
-#: Twitch, before they are forgotten (and Twitch alone decides again).
-ENDED_ALIAS_TTL = 30 * 24 * 3600.0
+#: How long a rotated refresh token stays in the index after it was spent.
+#: It opens nothing past ``auth.replay_window``; until this it is refused as
+#: an alias (401, no call to Twitch) instead of being tried at Twitch as new.
+SPENT_ALIAS_TTL = 30 * 24 * 3600.0
 
 #: The chain of grants stored before chains existed.
 _FIRST_CHAIN = "c0"
@@ -293,11 +294,16 @@ class GrantStore:
     # -- refresh-token index -----------------------------------------------------
 
     async def index_refresh_token(self, token: str, grant_id: str, kind: RefreshTokenKind,
-                                  *, chain: str | None, ttl: float | None = None) -> None:
-        """Make ``token`` an alias of ``grant_id``'s ``chain``; a rotated one for ``ttl`` s."""
-        until = time.time() + ttl if ttl is not None else None
+                                  *, chain: str | None, window: float | None = None) -> None:
+        """Make ``token`` an alias of ``grant_id``'s ``chain``.
+
+        With ``window`` (a rotated token) it opens the grant for that many
+        seconds only, and is forgotten after :data:`SPENT_ALIAS_TTL`.
+        """
+        until = time.time() + window if window is not None else None
         value = json.dumps({"grant_id": grant_id, "kind": kind, "chain": chain,
                             "until": until}).encode()
+        ttl = max(window, SPENT_ALIAS_TTL) if window is not None else None
         await self.store.put(f"rt:{token_hash(token)}", value, ttl=ttl)
 
     async def forget_refresh_token(self, token: str) -> None:
@@ -310,11 +316,14 @@ class GrantStore:
         return None if raw is None else _ref_from_bytes(raw)
 
     async def end_aliases(self, grant_id: str, *, keep_chain: str | None = None) -> int:
-        """Turn every alias of ``grant_id`` (but those of ``keep_chain``) into a refusal.
+        """Make sure every alias of ``grant_id`` (but those of ``keep_chain``) is refused.
 
-        An alias already cannot open a grant on another chain; this also gives
-        it an expiry, so the index does not keep dead tokens forever. Scans the
-        index: revocations are rare. Returns how many aliases it ended.
+        An alias cannot open a grant on another chain, and a grant whose chain
+        ended has none; this only makes the refusals last. A rotated token keeps
+        its expiry (Twitch refuses it anyway); a current or adopted one may
+        still be live at Twitch, so its entry is kept for good: the proxy must
+        never prove it afresh and give it a grant again. Scans the index:
+        revocations are rare. Returns how many aliases it ended.
         """
         ended = 0
         for name in await self.store.keys("rt:"):
@@ -324,7 +333,8 @@ class GrantStore:
             ref = _ref_from_bytes(raw)
             if ref.grant_id != grant_id or (keep_chain is not None and ref.chain == keep_chain):
                 continue
-            await self.store.put(name, raw, ttl=ENDED_ALIAS_TTL)
+            if ref.kind != "rotated":
+                await self.store.put(name, raw)  # no expiry
             ended += 1
         return ended
 
@@ -358,6 +368,13 @@ class GrantStore:
             if grant_id is None or record.grant_id == grant_id:
                 out.append((name.removeprefix("key:"), record))
         return out
+
+    async def revoke_keys_of(self, grant_id: str) -> int:
+        """Revoke every proxy key of a grant; returns how many there were."""
+        revoked = 0
+        for digest, _ in await self.keys_of(grant_id):
+            revoked += await self.store.delete(f"key:{digest}")
+        return revoked
 
     async def revoke_key_id(self, key_id: str) -> bool:
         """Revoke a proxy key by its public id (admin command line)."""

@@ -24,6 +24,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import re
 import time
 import zlib
@@ -49,8 +50,9 @@ from .app_keys import (
 )
 from .cache import SharedAnswer
 from .credential import Credential, bearer_token
-from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge
-from .grants import PROXY_KEY_PREFIX, Grant
+from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge, RateLimited
+from .forwarded import client_address
+from .grants import ACTIVE, PROXY_KEY_PREFIX, Grant
 from .helix_client import HelixResponse, UpstreamError
 from .requestlog import note_grant, put_request_id
 from .twitch import check_gateway_answer, upstream_errors
@@ -111,7 +113,7 @@ def helix_url_for(base: str, path: str, raw_query: str) -> URL:
 
 
 def classify_401(body: bytes, content_encoding: str = "") -> Literal["refresh", "final", "unknown"]:
-    """Whether a Helix 401 means "refresh the token" (see twitch-facts)."""
+    """Whether a Helix 401 means "refresh the token" (Twitch's documented 401 messages)."""
     try:
         if content_encoding in ("gzip", "deflate"):
             body = zlib.decompress(body, 47)  # 47: auto-detect gzip or zlib header
@@ -151,14 +153,19 @@ async def resolve_credential(request: web.Request) -> Credential:
         grant = await grants.alias_grant(refresh_token)
         if grant is None:
             grant = await _open_old_pair(request, token, refresh_token)
-        fresh = await _fresh(request, grant)
+        # An alias opens its own chain only, even if a login replaces it meanwhile.
+        fresh = await _fresh(request, grant, chain=grant.chain)
         return Credential("legacy", fresh.access_token, fresh)
+    wait = request.app[abuse_guard_key].invalid_keys.wait(client_address(request))
+    if wait:
+        raise RateLimited("Too many refused tokens from your address.",
+                          retry_after=math.ceil(wait))
     return Credential("passthrough", token)
 
 
-async def _fresh(request: web.Request, grant: Grant) -> Grant:
+async def _fresh(request: web.Request, grant: Grant, *, chain: str | None = None) -> Grant:
     """``grant`` refreshed when due, and remembered by the grant cache if it was."""
-    fresh = await request.app[refresher_key].ensure_fresh(grant)
+    fresh = await request.app[refresher_key].ensure_fresh(grant, chain=chain)
     if fresh is not grant:
         request.app[grant_cache_key].remember(fresh)
     return fresh
@@ -278,11 +285,15 @@ async def _shared_get(request: web.Request, url: URL, path: str,
         response = web.Response(status=answer.status, body=answer.body,
                                 headers=CIMultiDict(answer.headers))
     if credential.mode == "legacy":
-        # The grant as of now: the call may have refreshed it for everyone.
+        # The grant as of now (the call may have refreshed it for everyone), but
+        # only while it is on the chain this caller's refresh token opened: a
+        # login meanwhile must not hand the new chain to an old widget's pair.
         assert credential.grant is not None
         grants = request.app[grant_cache_key]
-        current = await grants.cached_grant(credential.grant.grant_id) or credential.grant
-        _credential_headers(response, Credential("legacy", current.access_token, current))
+        current = await grants.cached_grant(credential.grant.grant_id)
+        if current is not None and current.chain == credential.grant.chain \
+                and current.state == ACTIVE:
+            _credential_headers(response, Credential("legacy", current.access_token, current))
     return response
 
 
@@ -326,6 +337,10 @@ async def _call_helix(request: web.Request, url: URL, credential: Credential, bo
         metrics.upstream_answer("helix", upstream.status, time.perf_counter() - started,
                                 upstream.headers.get("Ratelimit-Remaining"))
         gate.observe(bucket, upstream.status, upstream.headers)
+        if upstream.status == 401 and credential.mode == "passthrough":
+            # A bare token Twitch refused counts as an unknown credential: one
+            # address cannot relay junk tokens through this app at full speed.
+            app[abuse_guard_key].invalid_keys.take(client_address(request))
         try:
             if upstream.status == 401 and not retried_401 and credential.mode != "passthrough":
                 with upstream_errors():
@@ -361,8 +376,10 @@ async def _after_401(request: web.Request, credential: Credential, payload: byte
         token = await request.app[app_token_key].renew(credential.access_token)
         return Credential("app", token)
     assert credential.grant is not None
+    # A key follows its grant to a new chain; an old widget's pair stays on its own.
     grant = await request.app[refresher_key].refresh(
-        credential.grant.grant_id, stale_access_token=credential.access_token)
+        credential.grant.grant_id, stale_access_token=credential.access_token,
+        chain=credential.grant.chain if credential.mode == "legacy" else None)
     return Credential(credential.mode, grant.access_token, grant)
 
 

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 from yarl import URL
 
 from . import pages
@@ -36,11 +37,20 @@ from .forwarded import is_https, redirect_uri_for
 from .grants import token_hash
 from .requestlog import note_grant
 
-__all__ = ["STATE_COOKIE", "setup_oauth", "wants_json"]
+__all__ = ["STATE_COOKIE", "read_form", "setup_oauth", "wants_json"]
 
 STATE_COOKIE = "twitch_proxy_state"
 #: Real refresh tokens are ~50 characters; anything this long is not one.
 MAX_TOKEN_LENGTH = 2048
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[Any]:
+    """The request's form body; 400 when it cannot be parsed (a broken multipart
+    body, bytes that are not text) instead of aiohttp's bare ValueError."""
+    try:
+        return await request.post()
+    except ValueError:  # UnicodeDecodeError is one too
+        raise InvalidRequest("The form body cannot be read.") from None
 
 
 def wants_json(request: web.Request) -> bool:
@@ -187,7 +197,7 @@ async def _refresh_token_from_body(request: web.Request) -> str:
         except ValueError:
             raise InvalidRequest("The body is not valid JSON.") from None
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        body = dict(await request.post())
+        body = dict(await read_form(request))
     else:
         raise InvalidRequest(
             'Send JSON {"refresh_token": "..."} with Content-Type: application/json.'
@@ -197,7 +207,10 @@ async def _refresh_token_from_body(request: web.Request) -> str:
         raise InvalidRequest('The body needs a "refresh_token" string.')
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidRequest("The refresh_token is too long to be a Twitch token.")
-    return token.strip()
+    token = token.strip()
+    if not (token.isascii() and token.isprintable()):
+        raise InvalidRequest("The refresh_token is not a Twitch token.")
+    return token
 
 
 async def refresh(request: web.Request) -> web.Response:

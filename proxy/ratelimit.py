@@ -3,15 +3,17 @@
 Helix answers every call with ``Ratelimit-Remaining`` and ``Ratelimit-Reset``
 (Unix seconds when the bucket is full again). Twitch keeps one bucket per
 client id for app tokens and one per client id per user for user tokens
-(twitch-facts), so :class:`RateLimitGate` keeps the last word Twitch said per
+(Twitch's rate-limit guide), so :class:`RateLimitGate` keeps the last word Twitch said per
 bucket name: ``user:<id>`` (or ``grant:<id>`` when the user is unknown),
 ``app``, and ``token:<hash>`` for passed-through tokens.
 
 Only an empty bucket is remembered (a dict entry per empty bucket, dropped on
-the next answer that shows points again), so the hot path costs one header
-lookup. A request for an empty bucket sleeps until ``Ratelimit-Reset`` when
-that is at most ``max_wait`` seconds away; otherwise it is answered at once
-with 429 and ``Retry-After``, and Twitch is not called.
+the next answer that shows points again, and at most :data:`MAX_EMPTY_BUCKETS`
+of them: past that, those whose reset has passed are swept), so the hot path
+costs one header lookup and junk tokens cannot grow it without bound. A
+request for an empty bucket sleeps until ``Ratelimit-Reset`` when that is at
+most ``max_wait`` seconds away; otherwise it is answered at once with 429 and
+``Retry-After``, and Twitch is not called.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from aiohttp import web
 from .app_keys import config_key, ratelimit_gate_key
 from .errors import RateLimited
 
-__all__ = ["BucketEmpty", "RateLimitGate", "setup_ratelimit"]
+__all__ = ["MAX_EMPTY_BUCKETS", "BucketEmpty", "RateLimitGate", "setup_ratelimit"]
+
+#: Empty buckets remembered before expired ones are swept (and, if all are
+#: current, the soonest to reset are forgotten: they only cost a 429 later).
+MAX_EMPTY_BUCKETS = 10_000
 
 
 class BucketEmpty(RateLimited):
@@ -80,9 +86,24 @@ class RateLimitGate:
                 reset = float(headers["Ratelimit-Reset"])
             except (KeyError, ValueError):
                 reset = time.time() + 1.0  # Twitch did not say: back off a second
+            if len(self._empty_until) >= MAX_EMPTY_BUCKETS and bucket not in self._empty_until:
+                self._sweep()
             self._empty_until[bucket] = reset
         elif self._empty_until:
             self._empty_until.pop(bucket, None)
+
+
+    def __len__(self) -> int:
+        return len(self._empty_until)
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for name in [name for name, reset in self._empty_until.items() if reset <= now]:
+            del self._empty_until[name]
+        if len(self._empty_until) >= MAX_EMPTY_BUCKETS:
+            soonest = sorted(self._empty_until, key=self._empty_until.__getitem__)
+            for name in soonest[: MAX_EMPTY_BUCKETS // 2]:
+                del self._empty_until[name]
 
 
 def setup_ratelimit(app: web.Application) -> None:

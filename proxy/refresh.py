@@ -109,23 +109,37 @@ class Refresher:
 
     # -- public API ----------------------------------------------------------------
 
-    async def refresh(self, grant_id: str, *, stale_access_token: str) -> Grant:
+    async def refresh(self, grant_id: str, *, stale_access_token: str,
+                      chain: str | None = None) -> Grant:
         """A grant whose access token is no longer ``stale_access_token``.
 
         Refreshes at most once for all concurrent callers; returns the grant as
-        somebody else rotated it when that already happened.
+        somebody else rotated it when that already happened. With ``chain``
+        (a caller that came with a refresh-token alias of that chain), a grant
+        that has moved to another chain meanwhile is not handed out:
+        :class:`ReauthorizationRequired`, as for any alias of an ended chain.
         """
-        return await self._single_flight(
+        grant = await self._single_flight(
             f"grant:{grant_id}", lambda: self._refresh_locked(grant_id, stale_access_token)
         )
+        return self._on_chain(grant, chain)
 
-    async def ensure_fresh(self, grant: Grant) -> Grant:
-        """``grant`` itself, or its refreshed self when expired or about to be."""
+    async def ensure_fresh(self, grant: Grant, *, chain: str | None = None) -> Grant:
+        """``grant`` itself, or its refreshed self when expired or about to be.
+
+        ``chain`` as for :meth:`refresh`.
+        """
         if grant.state != ACTIVE:
             raise self._reauth()
         if grant.expires_at - time.time() > EXPIRY_MARGIN:
-            return grant
-        return await self.refresh(grant.grant_id, stale_access_token=grant.access_token)
+            return self._on_chain(grant, chain)
+        return await self.refresh(grant.grant_id, stale_access_token=grant.access_token,
+                                  chain=chain)
+
+    def _on_chain(self, grant: Grant, chain: str | None) -> Grant:
+        if chain is not None and grant.chain != chain:
+            raise self._reauth()
+        return grant
 
     async def exchange(self, refresh_token: str) -> Grant:
         """What ``POST /refresh`` does with a refresh token a widget sent.
@@ -142,9 +156,10 @@ class Refresher:
             return grant
         grant, _ = found
         if grant.refresh_token == refresh_token:
-            return await self.refresh(grant.grant_id, stale_access_token=grant.access_token)
+            return await self.refresh(grant.grant_id, stale_access_token=grant.access_token,
+                                      chain=grant.chain)
         self._on_outcome(RefreshOutcome.COALESCED)
-        return await self.ensure_fresh(grant)
+        return await self.ensure_fresh(grant, chain=grant.chain)
 
     async def open_alias(self, refresh_token: str, *, promote: bool = True
                          ) -> tuple[Grant, RefreshTokenRef | None] | None:
@@ -195,10 +210,12 @@ class Refresher:
         """The user's grant after a login: new, or the existing one on a new chain.
 
         The existing grant keeps its id and its proxy keys; every refresh-token
-        alias of its old chain ends. A login that would take scopes away from
-        an active grant changes nothing (:class:`ScopesNarrowed`), and its new
-        tokens are revoked: a page the user visits must not be able to narrow
-        what their widgets may do by sending them through /login.
+        alias of its old chain ends. Any page the user visits can send them
+        through /login, and Twitch skips its consent page for scopes already
+        granted, so a login that would not widen an active, working grant
+        changes nothing: with fewer scopes it is refused
+        (:class:`ScopesNarrowed`), with the same ones the grant keeps its chain;
+        either way the login's new tokens are revoked.
         """
         assert identity.user_id is not None
         existing = await self._grants.grant_of_user(identity.user_id)
@@ -339,7 +356,7 @@ class Refresher:
         found = await self.open_alias(refresh_token, promote=False)
         if found is not None:
             self._on_outcome(RefreshOutcome.COALESCED)
-            return await self.ensure_fresh(found[0]), found[1]
+            return await self.ensure_fresh(found[0], chain=found[0].chain), found[1]
         claimed = None
         if access_token is not None:
             claimed = await self._twitch.validate(access_token)
@@ -406,6 +423,15 @@ class Refresher:
                               tokens: TokenSet) -> Grant:
         scopes = tokens.scopes or identity.scopes
         now = time.time()
+        current = await self._grants.get(grant_id)
+        if (current is not None and current.state == ACTIVE
+                and set(current.scopes) == set(scopes) and await self._still_works(current)):
+            # Nothing to add, and the chain still works: keep it, so that a page
+            # sending the user through /login cannot end their widgets' tokens.
+            await self._twitch.revoke_quietly(tokens.refresh_token, tokens.access_token)
+            log.info("login grant=%s added nothing to a working grant: its chain is kept",
+                     grant_id)
+            return current
         while True:
             loaded = await self._grants.load(grant_id)
             if loaded is None:
@@ -437,22 +463,33 @@ class Refresher:
         log.info("login grant=%s started a new token chain", grant_id)
         return new
 
+    async def _still_works(self, grant: Grant) -> bool:
+        """Whether Twitch still accepts the grant's access token (False when it cannot say)."""
+        try:
+            identity = await self._twitch.validate(grant.access_token)
+        except UpstreamError:
+            return False
+        return identity is not None and identity.user_id == grant.user_id
+
     async def _end_locked(self, grant_id: str) -> None:
         """Mark the grant ``needs_reauth`` and end its chain and every alias."""
         await self._grants.update(grant_id, state=NEEDS_REAUTH, chain=None)
         await self._grants.end_aliases(grant_id)
 
     async def _remember_rotated(self, refresh_token: str, grant: Grant) -> RefreshTokenRef | None:
-        """Keep a spent refresh token replayable for ``replay_window`` seconds."""
-        if self._replay_window > 0:
-            await self._grants.index_refresh_token(
-                refresh_token, grant.grant_id, "rotated", chain=grant.chain,
-                ttl=self._replay_window,
-            )
-            return RefreshTokenRef(grant.grant_id, "rotated", grant.chain,
-                                   until=time.time() + self._replay_window)
-        await self._grants.forget_refresh_token(refresh_token)
-        return None
+        """Keep a spent refresh token replayable for ``replay_window`` seconds.
+
+        After the window it stays in the index a while as a refusal, so that it
+        gets 401 here instead of costing a refresh Twitch would refuse.
+        """
+        await self._grants.index_refresh_token(
+            refresh_token, grant.grant_id, "rotated", chain=grant.chain,
+            window=self._replay_window,
+        )
+        if self._replay_window <= 0:
+            return None
+        return RefreshTokenRef(grant.grant_id, "rotated", grant.chain,
+                               until=time.time() + self._replay_window)
 
     async def _call_twitch(self, grant_id: str | None, refresh_token: str) -> TokenSet:
         try:
@@ -523,7 +560,7 @@ class Refresher:
 class AppTokenProvider:
     """The app access token (client_credentials) for calls without a user.
 
-    App tokens cannot be refreshed, only minted again (twitch-facts). One is
+    App tokens cannot be refreshed, only minted again (Twitch's OAuth docs). One is
     minted on first use, kept in memory, and minted again, once for all
     concurrent callers, when Helix rejects it.
     """

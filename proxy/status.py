@@ -17,7 +17,7 @@ from .app_keys import config_key, grants_key, refresher_key
 from .credential import proxy_key_in
 from .errors import InvalidProxyKey, InvalidRequest, ProxyError
 from .grants import NEEDS_REAUTH, PROXY_KEY_PREFIX, Grant, KeyRecord
-from .oauth import wants_json
+from .oauth import read_form, wants_json
 
 __all__ = ["grant_status", "setup_status"]
 
@@ -65,7 +65,7 @@ async def status_get(request: web.Request) -> web.Response:
 
 async def status_post(request: web.Request) -> web.Response:
     """The status page for a key pasted into the form."""
-    form = await request.post()
+    form = await read_form(request)
     key = str(form.get("key", "")).strip()
     try:
         if not key.startswith(PROXY_KEY_PREFIX):
@@ -77,21 +77,25 @@ async def status_post(request: web.Request) -> web.Response:
 
 
 async def revoke(request: web.Request) -> web.Response:
-    """Revoke the presented key; with ``?twitch=true`` also the grant's Twitch tokens.
+    """Revoke the presented key; with ``?twitch=true`` everything the grant gave out.
 
-    Revoking at Twitch ends the grant's chain here too: it needs a new login,
-    and no refresh token of the old chain opens anything again (proxy.grants).
-    The grant's other keys stay revoked only if revoked themselves; they work
-    again once the user logs in again (SECURITY.md says why).
+    ``?twitch=true`` revokes the grant's tokens at Twitch, ends its chain here
+    (no refresh token of it opens anything again, see proxy.grants) and
+    revokes every proxy key of the grant, so a user can cut off a key they no
+    longer hold. Without it, only the presented key is revoked; the grant's
+    other keys go on working, also across later logins (SECURITY.md).
     """
     key = _bearer_key(request)
     _, grant = await _grant_for_key(request, key)
-    twitch_revoked = False
+    grants = request.app[grants_key]
+    answer: dict[str, Any] = {"revoked": True, "twitch_revoked": False}
     if request.query.get("twitch", "").lower() == "true":
-        twitch_revoked = await request.app[refresher_key].end_chain(grant.grant_id,
-                                                                    revoke_at_twitch=True)
-    await request.app[grants_key].revoke_key(key)
-    return web.json_response({"revoked": True, "twitch_revoked": twitch_revoked})
+        answer["twitch_revoked"] = await request.app[refresher_key].end_chain(
+            grant.grant_id, revoke_at_twitch=True)
+        answer["keys_revoked"] = await grants.revoke_keys_of(grant.grant_id)
+    else:
+        await grants.revoke_key(key)
+    return web.json_response(answer)
 
 
 def setup_status(app: web.Application) -> None:

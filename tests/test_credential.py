@@ -167,25 +167,80 @@ async def test_disconnect_on_twitch_then_relogin_revives_no_alias(proxy, mock):
     assert secrets_in(await refresh.text(), second["refresh_token"]) == []
 
 
-async def test_a_new_login_ends_the_old_chains_aliases(proxy, mock):
+async def test_a_login_that_adds_nothing_keeps_the_chain(proxy, mock):
+    # Any page can send the user's browser through /login; with nothing new
+    # to grant, Twitch skips its consent page. That must not end the chain
+    # that old widgets hold a pair of.
     first = await login(proxy)
     widget = pair(first["access_token"], first["refresh_token"])
     assert (await proxy.get("/helix/users", headers=widget)).status == 200
-    await login(proxy)
+    revokes = mock.calls["revoke"]
+    second = await login(proxy)
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    assert second["refresh_token"] == first["refresh_token"]  # the kept chain's pair
+    assert mock.calls["revoke"] == revokes + 2  # the login's unused tokens
+    assert (await proxy.get("/helix/users", headers=bearer(second["proxy_key"]))).status == 200
+
+
+@pytest.mark.parametrize("config_flags", [{
+    "twitch.allowed_scopes": ("user:read:email", "chat:read")}])
+async def test_a_wider_login_ends_the_old_chains_aliases(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    await login(proxy, scope="user:read:email chat:read")
     assert (await proxy.get("/helix/users", headers=widget)).status == 401
+    assert (await proxy.get("/helix/users", headers=bearer(first["proxy_key"]))).status == 200
 
 
-async def test_a_revoked_key_stays_revoked_and_the_others_come_back_with_a_login(proxy, mock):
+@pytest.mark.parametrize("config_flags", [{
+    "twitch.allowed_scopes": ("user:read:email", "chat:read")}])
+async def test_an_old_pair_in_flight_during_a_login_never_gets_the_new_chain(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    mock.helix_delay = 0.5
+    seen = len(mock.helix_requests)
+    in_flight = asyncio.ensure_future(proxy.get("/helix/users", headers=widget))
+    while len(mock.helix_requests) == seen:
+        await asyncio.sleep(0.005)
+    second = await login(proxy, scope="user:read:email chat:read")  # a new chain
+    answer = await in_flight
+    assert secrets_in(dict(answer.headers), second["access_token"],
+                      second["refresh_token"]) == []
+
+
+async def test_revoke_with_twitch_revokes_every_key_of_the_grant(proxy, mock):
+    lost = (await login(proxy))["proxy_key"]  # a key the user no longer holds
+    held = (await login(proxy))["proxy_key"]
+    answer = await proxy.post("/revoke?twitch=true", headers=bearer(held))
+    assert (await answer.json()) == {"revoked": True, "twitch_revoked": True,
+                                     "keys_revoked": 2}
+    fresh = (await login(proxy))["proxy_key"]
+    for key in (lost, held):
+        again = await proxy.get("/helix/users", headers=bearer(key))
+        assert (await again.json())["error"] == "invalid_proxy_key"
+    assert (await proxy.get("/helix/users", headers=bearer(fresh))).status == 200
+
+
+async def test_a_revoked_key_stays_revoked_after_a_new_login(proxy, mock):
     kept = (await login(proxy))["proxy_key"]
-    revoked = (await login(proxy))["proxy_key"]  # a second key of the same grant
-    answer = await proxy.post("/revoke?twitch=true", headers=bearer(revoked))
-    assert (await answer.json()) == {"revoked": True, "twitch_revoked": True}
-    waiting = await proxy.get("/helix/users", headers=bearer(kept))
-    assert (await waiting.json())["error"] == "reauthorization_required"
+    revoked = (await login(proxy))["proxy_key"]
+    assert (await proxy.post("/revoke", headers=bearer(revoked))).status == 200
     await login(proxy)
     assert (await proxy.get("/helix/users", headers=bearer(kept))).status == 200
     again = await proxy.get("/helix/users", headers=bearer(revoked))
     assert (await again.json())["error"] == "invalid_proxy_key"
+
+
+async def test_keys_wait_out_a_disconnect_and_work_again_after_a_login(proxy, mock):
+    key = (await login(proxy))["proxy_key"]
+    mock.revoke_refresh_tokens(VICTIM)  # a password change, or "Disconnect" on Twitch
+    mock.expire_access_tokens()
+    waiting = await proxy.get("/helix/users", headers=bearer(key))
+    assert (await waiting.json())["error"] == "reauthorization_required"
+    await login(proxy)
+    assert (await proxy.get("/helix/users", headers=bearer(key))).status == 200
 
 
 @pytest.mark.parametrize("config_flags", [{"auth.replay_window": 1.0}])
@@ -385,3 +440,48 @@ async def test_the_narrowing_page_says_nothing_changed(proxy, mock):
     text = await page.text()
     assert "would take permissions away" in text
     assert "chat:read" in text
+
+
+# -- refusals that last ---------------------------------------------------------------------
+
+
+def _expiry_of_alias(proxy, refresh_token: str) -> tuple[bool, float | None]:
+    """(indexed?, expiry) of a refresh token's alias in the memory store."""
+    from proxy.grants import token_hash
+    store = proxy.app[store_key]
+    entry = store._data.get(f"{store._prefix}rt:{token_hash(refresh_token)}")
+    return (entry is not None, entry[1] if entry else None)
+
+
+async def test_an_ended_chains_live_refresh_token_is_refused_for_good(proxy, mock):
+    first = await login(proxy)
+    revoked = await proxy.post("/revoke?twitch=true", headers=bearer(first["proxy_key"]))
+    assert revoked.status == 200
+    # Twitch may still honour it (a re-login does not revoke it there), so the
+    # proxy keeps refusing it itself, without an expiry.
+    assert _expiry_of_alias(proxy, first["refresh_token"]) == (True, None)
+
+
+@pytest.mark.parametrize("config_flags", [{"auth.replay_window": 1.0}])
+async def test_a_spent_token_after_its_window_is_401_without_asking_twitch(proxy, mock):
+    first = await login(proxy)
+    assert (await proxy.post("/refresh", json={"refresh_token": first["refresh_token"]})).status \
+        == 200
+    await asyncio.sleep(1.2)
+    calls = mock.calls["token:refresh_token"]
+    for _ in range(3):
+        answer = await proxy.post("/refresh", json={"refresh_token": first["refresh_token"]})
+        assert answer.status == 401
+        assert (await answer.json())["error"] == "reauthorization_required"
+    assert mock.calls["token:refresh_token"] == calls
+    indexed, expiry = _expiry_of_alias(proxy, first["refresh_token"])
+    assert indexed and expiry is not None  # forgotten after a while, not kept forever
+
+
+@pytest.mark.parametrize("config_flags", [{"limits.invalid_keys_per_minute": 3}])
+async def test_bare_tokens_twitch_refuses_are_rate_limited_per_address(proxy, mock):
+    statuses = [(await proxy.get("/helix/users", headers=bearer(f"junk-{n}"))).status
+                for n in range(5)]
+    assert statuses == [401, 401, 401, 429, 429]
+    helix_calls = len(mock.helix_requests)
+    assert helix_calls == 3  # the refused ones cost Twitch nothing

@@ -180,3 +180,16 @@ async def test_an_exception_message_cannot_forge_a_log_line(proxy, logs, monkeyp
         assert not line.startswith(FORGED), line
     (error,) = [r for r in logs.json_lines() if r["level"] == "ERROR"]
     assert "RuntimeError: cannot send" in error["exception"]
+
+
+@pytest.mark.parametrize(("path", "content_type", "body"), [
+    ("/refresh", "application/json", b'{"refresh_token": "\\ud800"}'),
+    ("/refresh", "multipart/form-data; boundary=x", b"garbage"),
+    ("/refresh", "application/x-www-form-urlencoded", b"refresh_token=%ff%fe"),
+    ("/status", "application/x-www-form-urlencoded", b"key=\xff"),
+])
+async def test_bodies_that_cannot_be_read_are_a_400(proxy, path, content_type, body):
+    response = await proxy.post(path, data=body, headers={"Content-Type": content_type,
+                                                          "Accept": "application/json"})
+    assert response.status == 400, await response.text()
+    assert (await response.json())["error"] == "invalid_request"

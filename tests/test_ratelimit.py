@@ -118,3 +118,22 @@ async def test_twitch_429_without_headers_backs_off(aiohttp_client, twitch_serve
     assert (await client.get("/helix/users", headers=bearer("t"))).status == 429
     assert (await client.get("/helix/users", headers=bearer("t"))).status == 429
     assert len(calls) == 1
+
+
+def test_empty_buckets_of_junk_tokens_stay_bounded(monkeypatch):
+    # Every junk bare token is a bucket of its own; Twitch saying "0 left" for
+    # each must not grow the gate without bound.
+    from proxy import ratelimit
+    monkeypatch.setattr(ratelimit, "MAX_EMPTY_BUCKETS", 10)
+    gate = ratelimit.RateLimitGate(max_wait=1.0)
+    soon = str(time.time() + 60)
+    for number in range(50):
+        gate.observe(f"token:{number}", 429, {"Ratelimit-Remaining": "0",
+                                               "Ratelimit-Reset": soon})
+        assert len(gate) <= 10
+    past = str(time.time() - 1)
+    gate = ratelimit.RateLimitGate(max_wait=1.0)
+    for number in range(10):
+        gate.observe(f"token:old{number}", 429, {"Ratelimit-Reset": past})
+    gate.observe("user:1", 429, {"Ratelimit-Reset": soon})
+    assert len(gate) == 1  # the expired ones were swept, the current one kept

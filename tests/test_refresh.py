@@ -145,9 +145,12 @@ async def test_replay_window_ends(proxy, mock):
     tokens = await login(proxy)
     await proxy.post("/refresh", json={"refresh_token": tokens["refresh_token"]})
     await asyncio.sleep(0.4)
+    calls = mock.calls["token:refresh_token"]
     late = await proxy.post("/refresh", json={"refresh_token": tokens["refresh_token"]})
-    assert late.status == 400
-    assert await late.json() == {"status": 400, "message": "Invalid refresh token"}
+    # Spent and past its window: refused here, without a refresh Twitch would refuse.
+    assert late.status == 401
+    assert (await late.json())["error"] == "reauthorization_required"
+    assert mock.calls["token:refresh_token"] == calls
 
 
 async def test_twitch_refusal_passed_on(proxy, mock):
