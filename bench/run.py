@@ -1,4 +1,4 @@
-"""Run every scenario of issue 7 and write ``bench/results.md``.
+"""Run every benchmark scenario and write ``bench/results.md``.
 
 ``python -m bench`` (``--quick`` for a short smoke run, ``--seconds`` per run,
 ``--pairs`` alternating pairs). Everything listens on 127.0.0.1 only.

@@ -46,7 +46,6 @@ from .config import Config
 from .cors import setup_cors
 from .crypto import (
     Cipher,
-    DecryptionFailed,
     FernetCipher,
     PlainCipher,
     load_or_create_key_file,
@@ -110,14 +109,17 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
     store = await open_store(config.store.url, prefix=config.store.prefix)
     app[store_key] = store
-    # Hot-path lookups from memory, invalidated across processes (proxy.cache).
-    grants = CachedGrantStore(store, cipher_for(config), poll_interval=config.store.cache_poll)
     try:
+        # Hot-path lookups from memory, invalidated across processes (proxy.cache).
+        grants = CachedGrantStore(store, cipher_for(config),
+                                  poll_interval=config.store.cache_poll)
         # A wrong encryption key fails the start with one clear error.
         await grants.check_cipher()
     except StoreUnavailable:
         pass  # not reachable yet: /readyz says so, and reads check the key later
-    except DecryptionFailed:
+    except BaseException:
+        # A refused key file or a wrong key: close the store, whose SQLite
+        # thread would otherwise keep the failed process alive.
         await store.close()
         raise
     twitch = TwitchClient(app[http_session_key], config.twitch,

@@ -5,9 +5,9 @@ Point the proxy's ``id_url`` at the mock's root and its ``helix_url`` at
 :class:`MockTwitch` object, stored on the app under :data:`mock_twitch_key`,
 so a test can look inside, mint tokens without a browser, expire or revoke
 them, and inject faults and latency. What it answers, and with which bodies,
-follows ``twitch-facts.md``; where Twitch is loose the mock is strict (refresh
-tokens are single use and always contain ``/`` and ``%``), so that a proxy
-that passes here also copes with the real thing.
+follows Twitch's documentation and observed behaviour; where Twitch is loose
+the mock is strict (refresh tokens are single use and always contain ``/`` and
+``%``), so that a proxy that passes here also copes with the real thing.
 
 Endpoints:
 

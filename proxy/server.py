@@ -21,8 +21,8 @@ serve https directly.
 Once the app has started, everything made so far (modules, config, routes,
 the store's connections) is moved out of the garbage collector's sight
 (:func:`freeze_startup_heap`): a full collection then walks only what requests
-made, which keeps its pauses out of the latency tail (issue 7's benchmark:
-p99 of scenario 1 from about 1.6 x the reference forwarder's to below it).
+made, which keeps its pauses out of the latency tail (the benchmark's scenario
+1: p99 from about 1.6 x the reference forwarder's to below it).
 """
 
 from __future__ import annotations

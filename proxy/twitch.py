@@ -8,8 +8,8 @@ is the single boundary where network failures become proxy errors:
 - a 5xx from Twitch -> :class:`~proxy.errors.UpstreamUnavailable` (503)
 - a body that is not the JSON we need -> :class:`~proxy.errors.UpstreamBadResponse` (502)
 - a 4xx refusal -> :class:`~proxy.errors.TwitchRefused`, with Twitch's status and
-  body, and ``permanent`` set when the refresh token is dead (see twitch-facts:
-  an invalid refresh token needs a new login; an invalid client is configuration).
+  body, and ``permanent`` set when the refresh token is dead (Twitch: an invalid
+  refresh token needs a new login; an invalid client is configuration).
 """
 
 from __future__ import annotations
