@@ -1,4 +1,4 @@
-"""The benchmark: ``python -m bench`` (see "Performance" in README.md).
+"""The benchmark: ``python -m bench`` (see docs/performance.md).
 
 Modules:
 

@@ -8,7 +8,7 @@ authentication. Chrome's Private Network Access preflight is answered too, so
 an https page may call a proxy on localhost or the LAN: aiohttp-cors' preflight
 handler is wrapped where it is registered (:class:`_PrivateNetworkAdapter`), so
 only preflights pay for it, not every request (a response signal or a
-middleware would: see README, Performance).
+middleware would: see docs/performance.md).
 """
 
 from __future__ import annotations

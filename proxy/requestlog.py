@@ -99,7 +99,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = response.status
         if not response.prepared:
             # Set here rather than in an on_response_prepare signal, which costs
-            # every request a coroutine (see README, Performance); streamed answers a handler
+            # every request a coroutine (see docs/performance.md); streamed answers a handler
             # prepares itself call put_request_id() first.
             response.headers[REQUEST_ID_HEADER] = record.request_id
         return response

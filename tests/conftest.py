@@ -199,7 +199,7 @@ async def proxy(aiohttp_client, proxy_config):
 
 
 # ---------------------------------------------------------------------------
-# Reliability figures (README, Reliability): the fuzz, fault and abuse tests add to one
+# Reliability figures (docs/reliability.md): the fuzz, fault and abuse tests add to one
 # session-wide tally, printed at the end of the run by pytest_terminal_summary.
 # A figure only counts what a test actually observed: a fault scenario counts
 # once its assertions passed, a leak once a secret was found in a log line or
