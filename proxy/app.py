@@ -158,6 +158,7 @@ def create_app(config: Config) -> web.Application:
     setup_abuse(app, config)
     setup_metrics(app)
     setup_request_log(app)
+    pages.setup_pages(app)
     app.router.add_get("/", landing, name="landing")
     setup_oauth(app)
     setup_health(app)

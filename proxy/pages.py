@@ -1,9 +1,10 @@
 """Server-rendered HTML pages: landing, login result, status and errors.
 
-Pages are plain HTML from the templates in ``proxy/templates`` (``string.Template``,
-every value escaped here), one small stylesheet and one optional script under
-``/static``; no build step, no CDN, usable without JavaScript (the script only
-adds copy buttons). Every page gets the security headers of :func:`page_headers`.
+Pages are plain HTML from the Jinja2 templates in ``proxy/templates`` (set up by
+:func:`setup_pages`, with autoescape on: this module passes values, never markup),
+one small stylesheet and one optional script under ``/static``; no build step, no
+CDN, usable without JavaScript (the script only adds copy buttons). Every page gets
+the security headers of :func:`page_headers`.
 
 What each page is for:
 
@@ -18,16 +19,14 @@ What each page is for:
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
-from importlib import resources
-from string import Template
 from typing import Any
 
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 from yarl import URL
 
@@ -45,6 +44,7 @@ __all__ = [
     "landing_page",
     "page_headers",
     "render",
+    "setup_pages",
     "status_page",
     "widget_snippet",
 ]
@@ -101,25 +101,32 @@ def page_headers(config: Config) -> dict[str, str]:
     return {**PAGE_HEADERS, "Content-Security-Policy": csp}
 
 
-@cache
-def _template(name: str) -> Template:
-    return Template(resources.files("proxy").joinpath("templates", name).read_text("utf-8"))
+def setup_pages(app: web.Application) -> None:
+    """Render the pages with Jinja2 from ``proxy/templates``, escaping every value."""
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("proxy", "templates"),
+        # Every template, whatever its name: a value never reaches a page unescaped.
+        autoescape=True,
+        # A misspelt or missing value fails the render instead of showing nothing.
+        undefined=jinja2.StrictUndefined,
+        # Block tags on lines of their own leave no blank lines in the page.
+        trim_blocks=True,
+        lstrip_blocks=True,
+        # The pages link fixed paths; no url()/static() helpers, nor the app, in templates.
+        default_helpers=False,
+    )
 
 
-def render(request: web.Request, name: str, *, title: str, status: int = 200,
-           **values: str) -> web.Response:
-    """Render ``templates/<name>`` inside the base layout. Values must be escaped."""
-    body = _template(name).substitute(values)
-    page = _template("base.html").substitute(title=_e(title), body=body)
-    return web.Response(status=status, text=page, content_type="text/html",
-                        headers=page_headers(request.app[config_key]))
+def render(request: web.Request, name: str, *, status: int = 200,
+           **context: Any) -> web.Response:
+    """Render ``templates/<name>`` with :func:`page_headers`; values are passed as they are."""
+    response = aiohttp_jinja2.render_template(name, request, context, status=status)
+    response.headers.update(page_headers(request.app[config_key]))
+    return response
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-# --- small pieces ------------------------------------------------------------
+# --- what the templates show -------------------------------------------------
 
 def _duration(seconds: float) -> str:
     """``3 h 55 min`` / ``12 min`` / ``40 s``."""
@@ -133,54 +140,46 @@ def _duration(seconds: float) -> str:
     return f"{secs} s"
 
 
-def _time(timestamp: float) -> str:
-    """A ``<time>`` element in UTC."""
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return (f'<time datetime="{moment.strftime("%Y-%m-%dT%H:%M:%SZ")}">'
-            f'{moment.strftime("%Y-%m-%d %H:%M")} UTC</time>')
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
 
 
-def _expiry(expires_in: float, now: float) -> str:
-    if expires_in <= 0:
-        return "expired; the proxy gets a new one on the next request"
-    return f"in {_duration(expires_in)} (at {_time(now + expires_in)})"
+@dataclass(frozen=True)
+class _Expiry:
+    """When an access token expires (the ``expiry`` macro); ``left`` is None once it has."""
+
+    left: str | None
+    at: datetime
 
 
-def _scope_list(scopes: list[str] | tuple[str, ...]) -> str:
-    if not scopes:
-        return "none (public data only)"
-    return " ".join(f"<code>{_e(scope)}</code>" for scope in scopes)
+def _expiry(expires_in: float, now: float) -> _Expiry:
+    return _Expiry(_duration(expires_in) if expires_in > 0 else None, _utc(now + expires_in))
 
 
-def _secret_block(element_id: str, label: str, value: str) -> str:
-    """A secret hidden behind "show", with a copy button that page.js reveals."""
-    return (
-        f'<div class="secret">\n'
-        f'<h3 id="{element_id}-label">{_e(label)}</h3>\n'
-        f'<div class="row">\n'
-        f'<details><summary>Show {_e(label.lower())}</summary>'
-        f'<pre><code id="{element_id}">{_e(value)}</code></pre></details>\n'
-        f'<button type="button" class="small copy" data-copy="{element_id}" hidden>'
-        f'Copy {_e(label.lower())}</button>\n'
-        f'</div>\n'
-        f'<p class="copied" data-copied-for="{element_id}" role="status"></p>\n'
-        f'</div>'
-    )
+@dataclass(frozen=True)
+class _ScopeChoice:
+    """One box of the landing page's scope picker."""
+
+    scope: str
+    description: str | None
+    checked: bool
 
 
-def _copyable_block(element_id: str, label: str, value: str) -> str:
-    """A value that is not secret: shown, with a copy button."""
-    return (
-        f'<div class="secret">\n'
-        f'<h3 id="{element_id}-label">{_e(label)}</h3>\n'
-        f'<div class="row">\n'
-        f'<pre><code id="{element_id}">{_e(value)}</code></pre>\n'
-        f'<button type="button" class="small copy" data-copy="{element_id}" hidden>'
-        f'Copy {_e(label.lower())}</button>\n'
-        f'</div>\n'
-        f'<p class="copied" data-copied-for="{element_id}" role="status"></p>\n'
-        f'</div>'
-    )
+@dataclass(frozen=True)
+class _GrantView:
+    """What ``/status`` shows about the grant behind a key."""
+
+    login: str
+    user_id: str
+    scopes: list[str]
+    state: str
+    active: bool
+    needs_reauth: bool
+    token_expiry: _Expiry
+    last_refresh: datetime | None
+    last_validated: datetime | None
+    #: For "log in again": the grant's scopes that this proxy still offers.
+    relogin_scopes: list[str]
 
 
 def widget_snippet(public_url: str, proxy_key: str) -> str:
@@ -218,24 +217,17 @@ def widget_snippet(public_url: str, proxy_key: str) -> str:
 def landing_page(request: web.Request) -> web.Response:
     """``/``: what this proxy is, the scope picker and "Connect with Twitch"."""
     config = request.app[config_key]
-    boxes = []
-    for index, scope in enumerate(config.twitch.allowed_scopes):
-        description = SCOPE_DESCRIPTIONS.get(scope)
-        checked = " checked" if scope in config.twitch.scopes else ""
-        text = f"<code>{_e(scope)}</code>"
-        if description:
-            text = f'<span class="scope-text">{_e(description)} {text}</span>'
-        boxes.append(
-            f'<li><label for="scope-{index}"><input type="checkbox" id="scope-{index}" '
-            f'name="scope" value="{_e(scope)}"{checked}> {text}</label></li>'
-        )
+    scope_choices = [
+        _ScopeChoice(scope, SCOPE_DESCRIPTIONS.get(scope), scope in config.twitch.scopes)
+        for scope in config.twitch.allowed_scopes
+    ]
     return render(
-        request, "landing.html", title="Connect Twitch",
-        client_id=_e(config.twitch.client_id),
-        scope_boxes="\n".join(boxes),
-        default_scopes=_scope_list(config.twitch.scopes),
-        public_url=_e(public_url_for(request)),
-        redirect_uri=_e(redirect_uri_for(request)),
+        request, "landing.html",
+        client_id=config.twitch.client_id,
+        scope_choices=scope_choices,
+        default_scopes=config.twitch.scopes,
+        public_url=public_url_for(request),
+        redirect_uri=redirect_uri_for(request),
     )
 
 
@@ -243,20 +235,16 @@ def callback_page(request: web.Request, result: dict[str, Any]) -> web.Response:
     """The login result: key, tokens and snippet behind "show", each with a copy button."""
     public_url = public_url_for(request)
     return render(
-        request, "callback.html", title="Connected",
-        login=_e(result["login"]),
-        user_id=_e(result["user_id"]),
-        proxy_key_block=_secret_block("proxy-key", "Proxy key", result["proxy_key"]),
-        proxy_url_block=_copyable_block("proxy-url", "Proxy URL", public_url),
-        snippet_block=_secret_block(
-            "snippet", "Widget code", widget_snippet(public_url, result["proxy_key"])
-        ),
-        access_token_block=_secret_block("access-token", "Access token",
-                                         result["access_token"]),
-        refresh_token_block=_secret_block("refresh-token", "Refresh token",
-                                          result["refresh_token"]),
-        scopes=_scope_list(result["scope"]),
-        expiry=_expiry(float(result["expires_in"]), time.time()),
+        request, "callback.html",
+        login=result["login"],
+        user_id=result["user_id"],
+        proxy_key=result["proxy_key"],
+        public_url=public_url,
+        snippet=widget_snippet(public_url, result["proxy_key"]),
+        access_token=result["access_token"],
+        refresh_token=result["refresh_token"],
+        scopes=result["scope"],
+        token_expiry=_expiry(float(result["expires_in"]), time.time()),
     )
 
 
@@ -347,74 +335,38 @@ def error_page(request: web.Request, exc: ProxyError) -> web.Response:
     if retry_after:
         advice += f" (Twitch asked for at least {retry_after} seconds.)"
     response = render(
-        request, "error.html", title=text.heading, status=exc.status,
-        heading=_e(text.heading), message=_e(exc.message), advice=_e(advice),
-        action_label=_e(text.action_label), action_href=_e(text.action_href),
-        code=_e(exc.code), http_status=str(exc.status),
+        request, "error.html", status=exc.status,
+        heading=text.heading, message=exc.message, advice=advice,
+        action_label=text.action_label, action_href=text.action_href,
+        code=exc.code, http_status=exc.status,
     )
     response.headers.update(exc.headers())
     return response
 
 
-def _relogin_form(config: Config, scopes: list[str]) -> str:
-    """GET /login with the grant's scopes (those still allowed): no key in the URL."""
-    hidden = "".join(
-        f'<input type="hidden" name="scope" value="{_e(scope)}">'
-        for scope in scopes if scope in config.twitch.allowed_scopes
-    )
-    return (
-        '<form method="get" action="/login">'
-        f'{hidden}<button type="submit" class="primary">Log in again with Twitch</button>'
-        '</form>'
+def _grant_view(config: Config, status: dict[str, Any], now: float) -> _GrantView:
+    last_refresh = status.get("last_refresh_at")
+    last_validated = status.get("last_validated_at")
+    return _GrantView(
+        login=status["login"],
+        user_id=status["user_id"],
+        scopes=list(status["scopes"]),
+        state=status["state"],
+        active=status["state"] == ACTIVE,
+        needs_reauth=status["state"] == NEEDS_REAUTH,
+        token_expiry=_expiry(float(status["expires_in"]), now),
+        last_refresh=_utc(last_refresh) if last_refresh else None,
+        last_validated=_utc(last_validated) if last_validated else None,
+        relogin_scopes=[scope for scope in status["scopes"]
+                        if scope in config.twitch.allowed_scopes],
     )
 
 
 def status_page(request: web.Request, status: dict[str, Any] | None, *,
                 error: ProxyError | None = None) -> web.Response:
     """``/status``: a form to paste a key, and the grant's state once one was sent."""
-    config = request.app[config_key]
-    now = time.time()
-    result = ""
-    if error is not None:
-        result = (f'<div class="notice error" role="alert"><p>{_e(error.message)}</p>'
-                  "<p>Check that you pasted the whole key. A key stops working when it is "
-                  'revoked; <a href="/">connect again</a> to get a new one.</p></div>')
-    elif status is not None:
-        state = status["state"]
-        if state == ACTIVE:
-            state_text = '<span class="state-ok">Working</span>'
-        elif state == NEEDS_REAUTH:
-            state_text = '<span class="state-bad">Twitch no longer accepts this connection</span>'
-        else:
-            state_text = f'<span class="state-bad">{_e(state)}</span>'
-        last_refresh = status.get("last_refresh_at")
-        last_validated = status.get("last_validated_at")
-        relogin = ""
-        expiry = _expiry(float(status["expires_in"]), now)
-        if state != ACTIVE:
-            expiry = "unusable until you log in again"
-            relogin = (
-                '<div class="notice warning" role="alert">'
-                "<p><strong>Log in again to fix this.</strong> Twitch stopped accepting this "
-                "connection (the password was changed or the app was disconnected). Log in "
-                "again with the same Twitch account: this key, and every widget that holds "
-                "it, will work again.</p>"
-                f"{_relogin_form(config, list(status['scopes']))}</div>"
-            )
-        result = (
-            '<section class="card" aria-labelledby="result-heading">'
-            '<h2 id="result-heading">This key</h2>'
-            f"{relogin}"
-            '<dl class="facts">'
-            f"<dt>Twitch account</dt><dd>{_e(status['login'] or '(unknown)')}"
-            f" (user id <code>{_e(status['user_id'])}</code>)</dd>"
-            f"<dt>Permissions</dt><dd>{_scope_list(list(status['scopes']))}</dd>"
-            f"<dt>State</dt><dd>{state_text}</dd>"
-            f"<dt>Access token expires</dt><dd>{expiry}</dd>"
-            f"<dt>Last refreshed</dt><dd>{_time(last_refresh) if last_refresh else 'not yet'}</dd>"
-            f"<dt>Last checked with Twitch</dt>"
-            f"<dd>{_time(last_validated) if last_validated else 'not yet'}</dd>"
-            "</dl></section>"
-        )
-    return render(request, "status.html", title="Check a proxy key", result=result,
-                  status=200 if error is None else error.status)
+    grant = None
+    if error is None and status is not None:
+        grant = _grant_view(request.app[config_key], status, time.time())
+    return render(request, "status.html", status=200 if error is None else error.status,
+                  error=error, grant=grant)

@@ -6,7 +6,6 @@ kit on other origins) is in tests/test_pages_browser.py.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from markupsafe import escape
 from yarl import URL
 
 from proxy import pages
@@ -99,7 +99,7 @@ async def test_callback_page_hides_secrets_and_fills_the_snippet(proxy, proxy_co
     snippet = pages.widget_snippet(proxy_config.server.public_url, key)
     assert f'const PROXY = "{proxy_config.server.public_url}";' in snippet
     assert f'const KEY = "{key}";' in snippet
-    assert html.escape(snippet) in page
+    assert escape(snippet) in page
     # The key works.
     status = await proxy.get("/status", headers={"Authorization": f"Bearer {key}"})
     assert (await status.json())["login"] == "twitchdev"
@@ -115,6 +115,30 @@ async def test_page_values_are_escaped(proxy, proxy_config):
     page = response.text
     assert hostile not in page and "<img src=x>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert_no_inline_code(page)
+
+
+async def test_autoescape_is_on_for_values_from_the_query_and_twitch(proxy):
+    """Values reach the templates unescaped; only Jinja's autoescape stands in the way."""
+    hostile = ["<script>alert(1)</script>", '"><svg/onload=alert(1)>']
+    refused = await proxy.get("/login", params={"scope": " ".join(hostile)},
+                              headers={"Accept": "text/html"}, allow_redirects=False)
+    assert refused.status == 400 and refused.content_type == "text/html"
+    page = await refused.text()
+    assert "scopes not offered by this proxy:" in page
+    shown = f"{escape(hostile[1])} {escape(hostile[0])}"  # sorted, as the message lists them
+    assert f"<p>scopes not offered by this proxy: {shown}</p>" in page
+    assert hostile[0] not in page and "<svg" not in page
+
+    # A grant's facts come from Twitch: a login, a user id, scopes, even a state.
+    request = make_mocked_request("POST", "/status", app=proxy.app)
+    page = pages.status_page(request, {
+        "login": hostile[0], "user_id": hostile[1], "scopes": hostile, "state": hostile[0],
+        "expires_in": 60, "last_refresh_at": None, "last_validated_at": None,
+    }).text
+    assert hostile[0] not in page and "<svg" not in page
+    assert f"<dd>{escape(hostile[0])} (user id <code>{escape(hostile[1])}</code>)</dd>" in page
+    assert f'<span class="state-bad">{escape(hostile[0])}</span>' in page
     assert_no_inline_code(page)
 
 
@@ -195,7 +219,7 @@ async def test_pages_use_the_public_url_behind_a_router(proxy):
     callback = await proxy.get("/callback", params=back.query,
                                headers={**routed, "Cookie": cookie})
     assert callback.status == 200
-    assert html.escape('const PROXY = "https://proxy.example";') in await callback.text()
+    assert escape('const PROXY = "https://proxy.example";') in await callback.text()
 
 
 async def test_error_page_denied_consent(proxy, proxy_config):
@@ -243,6 +267,7 @@ async def test_error_page_account_not_allowed(proxy):
 def test_error_page_headings(proxy_config, error, heading, action):
     app = web.Application()
     app[config_key] = proxy_config
+    pages.setup_pages(app)
     response = pages.error_page(make_mocked_request("GET", "/callback", app=app), error)
     assert response.status == error.status
     assert f"<h1>{heading}</h1>" in response.text and error.message in response.text
@@ -348,9 +373,10 @@ def test_kit_files_agree():
 
 
 def test_app_serves_the_pages_it_renders(proxy_config):
-    """Every template renders without a missing placeholder (substitute is strict)."""
+    """Every template renders without a missing value (undefined names are errors)."""
     app = web.Application()
     app[config_key] = proxy_config
+    pages.setup_pages(app)
     request = make_mocked_request("GET", "/", app=app)
     assert pages.landing_page(request).status == 200
     assert pages.status_page(request, None).status == 200
