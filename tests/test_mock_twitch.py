@@ -320,29 +320,6 @@ async def test_token_wants_a_form_not_json(client, mock):
     assert mock.calls["token"] == 1
 
 
-async def test_device_code_flow(aiohttp_client):
-    mock = MockTwitch(auto_approve=False)
-    client = await aiohttp_client(create_mock_app(state=mock))
-    response = await client.post(
-        "/oauth2/device", data={"client_id": CLIENT_ID, "scopes": "user:read:chat"}
-    )
-    started = await response.json()
-    poll = {
-        "client_id": CLIENT_ID,
-        "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
-        "device_code": started["device_code"],
-    }
-
-    response = await client.post("/oauth2/token", data=poll)
-    assert (await response.json())["message"] == "authorization_pending"
-    mock.approve_device(started["user_code"])
-    response = await client.post("/oauth2/token", data=poll)
-
-    assert response.status == 200
-    assert (await response.json())["scope"] == ["user:read:chat"]
-    assert mock.calls["device"] == 1 and mock.calls["token:device_code"] == 2
-
-
 # -- validate and revoke ---------------------------------------------------------
 
 
