@@ -49,8 +49,8 @@ from .errors import (
     Forbidden,
     InvalidProxyKey,
     InvalidRequest,
+    Overloaded,
     PayloadTooLarge,
-    ProxyError,
     RateLimited,
 )
 from .forwarded import client_address
@@ -58,7 +58,6 @@ from .forwarded import client_address
 __all__ = [
     "AbuseGuard",
     "ConcurrencyLimit",
-    "Overloaded",
     "RateBucket",
     "RateLimiter",
     "TokenBucket",
@@ -91,14 +90,6 @@ MAX_TRACKED_ADDRESSES = 10_000
 #: Bits of an IPv6 address that name one client network: a /64 is one LAN,
 #: usually one home or one server, and it alone picks the other 64 bits.
 IPV6_CLIENT_PREFIX = 64
-
-
-class Overloaded(ProxyError):
-    """The proxy has as many upstream requests in flight as it allows; retry shortly."""
-
-    status = 503
-    code = "overloaded"
-    retry_after = 1
 
 
 class TokenBucket:

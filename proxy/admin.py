@@ -45,8 +45,7 @@ import aiohttp
 from .app import cipher_for
 from .cache import CachedGrantStore
 from .config import Config
-from .crypto import DecryptionFailed, KeyFileError
-from .errors import ProxyError, TwitchRefused
+from .errors import DecryptionFailed, KeyFileError, ProxyError, TwitchRefused
 from .grants import Grant, GrantStore
 from .refresh import Refresher
 from .store import open_store, sqlite_path, store_is_shared

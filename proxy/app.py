@@ -51,7 +51,7 @@ from .crypto import (
     load_or_create_key_file,
     parse_keys,
 )
-from .errors import error_middleware
+from .errors import StoreUnavailable, error_middleware
 from .header_check import header_check_middleware
 from .health import setup_health
 from .helix import setup_helix
@@ -63,7 +63,7 @@ from .ratelimit import setup_ratelimit
 from .refresh import AppTokenProvider, Refresher
 from .requestlog import request_middleware, setup_request_log
 from .status import setup_status
-from .store import StoreUnavailable, open_store, sqlite_path
+from .store import open_store, sqlite_path
 from .twitch import TwitchClient
 from .validator import setup_validator
 

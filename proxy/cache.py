@@ -49,6 +49,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .app_keys import config_key, grant_cache_key, shared_gets_key
 from .crypto import Cipher
+from .errors import StoreUnavailable
 from .grants import (
     Grant,
     GrantStore,
@@ -58,7 +59,7 @@ from .grants import (
     RefreshTokenRef,
     token_hash,
 )
-from .store.base import StoreUnavailable, TokenStore
+from .store.base import TokenStore
 
 __all__ = ["GENERATION_KEY", "CachedGrantStore", "SharedAnswer", "SharedGets", "cache_ttl",
            "setup_cache"]

@@ -24,7 +24,7 @@ from aiohttp import web
 from . import admin
 from .app import cipher_for, create_app
 from .config import Config, ConfigError, env_table, load_config
-from .crypto import DecryptionFailed, KeyFileError
+from .errors import DecryptionFailed, KeyFileError
 from .logs import config_secrets, setup_logging
 from .server import serve
 

@@ -24,24 +24,13 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from .errors import ProxyError
+from .errors import DecryptionFailed, KeyFileError
 from .secret import Secret
 
-__all__ = ["Cipher", "FernetCipher", "PlainCipher", "DecryptionFailed", "KeyFileError",
-           "key_file_for", "load_or_create_key_file", "parse_keys"]
+__all__ = ["Cipher", "FernetCipher", "PlainCipher", "key_file_for", "load_or_create_key_file",
+           "parse_keys"]
 
 log = logging.getLogger(__name__)
-
-
-class DecryptionFailed(ProxyError):
-    """A stored record could not be decrypted with any configured key.
-
-    A configuration problem (a changed or wrong key), never a token's fault:
-    the server refuses to start on it, and a request meeting it gets a 500
-    whose message says what to fix.
-    """
-
-    code = "store_key_mismatch"
 
 
 class Cipher:
@@ -118,17 +107,6 @@ def parse_keys(value: Secret) -> list[Secret]:
 def key_file_for(database: Path) -> Path:
     """Where the generated key of a SQLite database lives."""
     return database.with_name(database.name + ".key")
-
-
-class KeyFileError(ProxyError):
-    """The key file beside the SQLite database cannot be used safely.
-
-    A configuration problem, like :class:`DecryptionFailed`: the server and the
-    admin commands refuse to start on it. The message names the file and what
-    is wrong with it, never the key.
-    """
-
-    code = "store_key_file_unsafe"
 
 
 #: Permission bits for group and others: a key file must have none of them.

@@ -1,6 +1,6 @@
-"""Every error the proxy answers with, and the middleware that renders them.
+"""Every error the proxy raises, and the middleware that renders them as JSON.
 
-The hierarchy::
+The hierarchy of the proxy's answers::
 
     ProxyError                      (500 internal_error)
     ├── InvalidRequest              (400 invalid_request)
@@ -15,27 +15,41 @@ The hierarchy::
     │   └── ScopesNotAllowed        (403 scopes_not_allowed)
     ├── ScopesNarrowed              (409 scopes_narrowed)
     ├── PayloadTooLarge             (413 payload_too_large)
-    ├── RateLimited                 (429 rate_limited)
-    │   └── ratelimit.BucketEmpty   (429, Twitch's bucket empty: Ratelimit-* headers)
+    ├── RateLimited                 (429 rate_limited, Retry-After)
+    │   └── BucketEmpty             (429 rate_limited, Twitch's bucket empty: Ratelimit-* headers)
     ├── TwitchRefused               (Twitch's own 4xx status and body)
     ├── UpstreamError               (502 upstream_error)
     │   ├── UpstreamUnreachable     (502 upstream_unreachable)
     │   ├── UpstreamBadResponse     (502 upstream_bad_response)
     │   ├── UpstreamUnavailable     (503 upstream_unavailable, Retry-After)
     │   └── UpstreamTimeout         (504 upstream_timeout)
-    └── store.StoreUnavailable      (503 store_unavailable, Retry-After)
-        └── store.LockTimeout       (503 store_busy)
+    ├── Overloaded                  (503 overloaded, Retry-After)
+    ├── StoreUnavailable            (503 store_unavailable, Retry-After)
+    │   └── LockTimeout             (503 store_busy, Retry-After)
+    ├── DecryptionFailed            (500 store_key_mismatch)
+    └── KeyFileError                (500 store_key_file_unsafe)
 
 Every one renders as JSON ``{"error": code, "message": text}`` plus any extra
 fields the error carries. Messages are written by the proxy, never copied from
 a request, so they cannot carry a token. ``web.HTTPException`` raised by aiohttp
 itself (404, 405, ...) passes through, re-rendered as the same JSON shape.
+
+Beneath those answers, the failures of the Helix client's own transport
+(:mod:`proxy.helix_client`), never rendered as they are:
+:class:`proxy.upstream_errors.upstream_errors` turns them into the
+``UpstreamError`` answers above::
+
+    HelixTransportError             (the call to Twitch failed)
+    ├── ConnectFailed               (no connection: DNS, refused, TLS handshake)
+    └── ConnectionBroken            (failed mid-call, or the answer was not HTTP)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from typing import Any
 
 from aiohttp import web
@@ -43,19 +57,28 @@ from aiohttp.typedefs import Handler
 
 __all__ = [
     "AccessDenied",
+    "BucketEmpty",
+    "ConnectFailed",
+    "ConnectionBroken",
+    "DecryptionFailed",
     "Forbidden",
+    "HelixTransportError",
     "InvalidHeader",
     "InvalidPath",
     "InvalidProxyKey",
     "InvalidRequest",
     "InvalidState",
     "InvalidTwitchToken",
+    "KeyFileError",
+    "LockTimeout",
+    "Overloaded",
     "PayloadTooLarge",
     "ProxyError",
     "RateLimited",
     "ReauthorizationRequired",
     "ScopesNarrowed",
     "ScopesNotAllowed",
+    "StoreUnavailable",
     "TwitchRefused",
     "UpstreamBadResponse",
     "UpstreamError",
@@ -183,6 +206,23 @@ class RateLimited(ProxyError):
         self.retry_after = max(1, retry_after)
 
 
+class BucketEmpty(RateLimited):
+    """Twitch's bucket for these credentials is empty for longer than we wait.
+
+    Answered like Twitch's own 429: ``Ratelimit-Remaining: 0`` and
+    ``Ratelimit-Reset``, plus ``Retry-After``.
+    """
+
+    def __init__(self, reset: float) -> None:
+        super().__init__("Twitch's rate limit for these credentials is used up; retry after "
+                         "Retry-After seconds.", retry_after=math.ceil(reset - time.time()))
+        self.reset = reset
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Ratelimit-Remaining": "0",
+                "Ratelimit-Reset": str(math.ceil(self.reset))}
+
+
 class TwitchRefused(ProxyError):
     """Twitch refused a token request; its status and JSON body are passed on.
 
@@ -235,6 +275,68 @@ class UpstreamTimeout(UpstreamError):
 
     status = 504
     code = "upstream_timeout"
+
+
+class Overloaded(ProxyError):
+    """The proxy has as many upstream requests in flight as it allows; retry shortly."""
+
+    status = 503
+    code = "overloaded"
+    retry_after = 1
+
+
+class StoreUnavailable(ProxyError):
+    """The backend cannot be reached or answered with a connection error."""
+
+    status = 503
+    code = "store_unavailable"
+    retry_after = 5
+
+
+class LockTimeout(StoreUnavailable):
+    """A per-key lock could not be taken within the wait time."""
+
+    code = "store_busy"
+
+
+class DecryptionFailed(ProxyError):
+    """A stored record could not be decrypted with any configured key.
+
+    A configuration problem (a changed or wrong key), never a token's fault:
+    the server refuses to start on it, and a request meeting it gets a 500
+    whose message says what to fix.
+    """
+
+    code = "store_key_mismatch"
+
+
+class KeyFileError(ProxyError):
+    """The key file beside the SQLite database cannot be used safely.
+
+    A configuration problem, like :class:`DecryptionFailed`: the server and the
+    admin commands refuse to start on it. The message names the file and what
+    is wrong with it, never the key.
+    """
+
+    code = "store_key_file_unsafe"
+
+
+# -- the Helix client's transport: never rendered, mapped by proxy.upstream_errors ----------
+
+class HelixTransportError(Exception):
+    """The Helix client's call to Twitch failed (see the subclasses).
+
+    Not a :class:`ProxyError`: it says what broke on the wire, not what to
+    answer; :mod:`proxy.upstream_errors` decides that.
+    """
+
+
+class ConnectFailed(HelixTransportError):
+    """No connection could be made (DNS, refused, TLS handshake)."""
+
+
+class ConnectionBroken(HelixTransportError):
+    """The connection failed mid-call, or the answer was not valid HTTP."""
 
 
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None,

@@ -5,8 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .app_keys import config_key, store_key
-from .errors import json_error
-from .store.base import StoreUnavailable
+from .errors import StoreUnavailable, json_error
 
 __all__ = ["setup_health"]
 

@@ -50,12 +50,19 @@ from .app_keys import (
 )
 from .cache import SharedAnswer
 from .credential import Credential, bearer_token
-from .errors import InvalidPath, InvalidProxyKey, InvalidRequest, PayloadTooLarge, RateLimited
+from .errors import (
+    HelixTransportError,
+    InvalidPath,
+    InvalidProxyKey,
+    InvalidRequest,
+    PayloadTooLarge,
+    RateLimited,
+)
 from .forwarded import client_address
 from .grants import ACTIVE, PROXY_KEY_PREFIX, Grant
-from .helix_client import HelixResponse, UpstreamError
+from .helix_client import HelixResponse
 from .requestlog import note_grant, put_request_id
-from .twitch import check_gateway_answer, upstream_errors
+from .upstream_errors import check_gateway_answer, upstream_errors
 
 __all__ = ["classify_401", "helix_url_for", "resolve_credential", "setup_helix"]
 
@@ -421,7 +428,7 @@ async def _relay(request: web.Request, upstream: HelixResponse,
     try:
         async for chunk in upstream.iter_chunks():
             await response.write(chunk)
-    except (UpstreamError, TimeoutError):
+    except (HelixTransportError, TimeoutError):
         # The status line is gone already: cut the connection so the client
         # sees a broken response instead of a silently truncated one.
         log.warning("upstream body broke off after the headers were sent; closing")

@@ -36,10 +36,11 @@ client must accept them even unasked. A 101 Switching Protocols, never asked
 for, breaks the call. An answer to HEAD has no body whatever its headers say,
 and llhttp cannot be told so: that connection is not kept.
 
-Failures are :class:`ConnectFailed` (Twitch not reachable),
-:class:`ConnectionBroken` (the connection failed or the answer was not HTTP)
-and :class:`TimeoutError`; :func:`proxy.twitch.upstream_errors` turns them into
-the proxy's 502 and 504 answers.
+Failures are :class:`~proxy.errors.ConnectFailed` (Twitch not reachable),
+:class:`~proxy.errors.ConnectionBroken` (the connection failed or the answer
+was not HTTP), both :class:`~proxy.errors.HelixTransportError`, and
+:class:`TimeoutError`; :class:`proxy.upstream_errors.upstream_errors` turns
+them into the proxy's 502 and 504 answers.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import __version__
+from .errors import ConnectFailed, ConnectionBroken
 
-__all__ = ["ConnectFailed", "ConnectionBroken", "HelixClient", "HelixResponse", "UpstreamError"]
+__all__ = ["HelixClient", "HelixResponse"]
 
 #: Methods a server cannot have acted on twice when they are sent again.
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE"))
@@ -68,18 +70,6 @@ _HIGH_WATER = 256 * 1024
 
 #: A server that sends more header bytes than this is not Helix.
 _MAX_HEAD = 64 * 1024
-
-
-class UpstreamError(Exception):
-    """The call to the upstream failed (see the subclasses)."""
-
-
-class ConnectFailed(UpstreamError):
-    """No connection could be made (DNS, refused, TLS handshake)."""
-
-
-class ConnectionBroken(UpstreamError):
-    """The connection failed mid-call, or the answer was not valid HTTP."""
 
 
 class _StopParsing(Exception):

@@ -19,37 +19,19 @@ most ``max_wait`` seconds away; otherwise it is answered at once with 429 and
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Mapping
 
 from aiohttp import web
 
 from .app_keys import config_key, ratelimit_gate_key
-from .errors import RateLimited
+from .errors import BucketEmpty
 
-__all__ = ["MAX_EMPTY_BUCKETS", "BucketEmpty", "RateLimitGate", "setup_ratelimit"]
+__all__ = ["MAX_EMPTY_BUCKETS", "RateLimitGate", "setup_ratelimit"]
 
 #: Empty buckets remembered before expired ones are swept (and, if all are
 #: current, the soonest to reset are forgotten: they only cost a 429 later).
 MAX_EMPTY_BUCKETS = 10_000
-
-
-class BucketEmpty(RateLimited):
-    """Twitch's bucket for these credentials is empty for longer than we wait.
-
-    Answered like Twitch's own 429: ``Ratelimit-Remaining: 0`` and
-    ``Ratelimit-Reset``, plus ``Retry-After``.
-    """
-
-    def __init__(self, reset: float) -> None:
-        super().__init__("Twitch's rate limit for these credentials is used up; retry after "
-                         "Retry-After seconds.", retry_after=math.ceil(reset - time.time()))
-        self.reset = reset
-
-    def headers(self) -> dict[str, str]:
-        return {**super().headers(), "Ratelimit-Remaining": "0",
-                "Ratelimit-Reset": str(math.ceil(self.reset))}
 
 
 class RateLimitGate:

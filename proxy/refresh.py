@@ -42,6 +42,7 @@ from .errors import (
     InvalidTwitchToken,
     ReauthorizationRequired,
     ScopesNarrowed,
+    StoreUnavailable,
     TwitchRefused,
     UpstreamBadResponse,
     UpstreamError,
@@ -56,7 +57,7 @@ from .grants import (
     new_chain,
     token_hash,
 )
-from .store.base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT, StoreUnavailable
+from .store.base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT
 from .twitch import Identity, TokenSet, TwitchClient
 
 __all__ = ["EXPIRY_MARGIN", "AppTokenProvider", "RefreshOutcome", "Refresher"]

@@ -1,7 +1,8 @@
 """Everything the proxy says to Twitch's OAuth server (id.twitch.tv).
 
-One class, :class:`TwitchClient`, handed the app's shared ``ClientSession``. It
-is the single boundary where network failures become proxy errors:
+One class, :class:`TwitchClient`, handed the app's shared ``ClientSession``.
+Every failure of a call becomes a proxy error (network failures through
+:mod:`proxy.upstream_errors`, the boundary ``/helix`` shares):
 
 - connection refused or reset -> :class:`~proxy.errors.UpstreamUnreachable` (502)
 - no answer within ``twitch.timeout`` -> :class:`~proxy.errors.UpstreamTimeout` (504)
@@ -19,24 +20,15 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 
 from .config import TwitchConfig
-from .errors import (
-    ProxyError,
-    TwitchRefused,
-    UpstreamBadResponse,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    UpstreamUnreachable,
-)
-from .helix_client import ConnectFailed, UpstreamError
+from .errors import ProxyError, TwitchRefused, UpstreamBadResponse, UpstreamUnavailable
+from .upstream_errors import upstream_errors
 
-__all__ = ["Identity", "TokenSet", "TwitchClient", "check_gateway_answer", "read_limited",
-           "upstream_errors"]
+__all__ = ["Identity", "TokenSet", "TwitchClient", "read_limited"]
 
 log = logging.getLogger(__name__)
 
@@ -85,44 +77,6 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
             raise UpstreamBadResponse("Twitch sent a response far larger than expected.")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-class upstream_errors:  # lower case: it is used like a function, ``with upstream_errors():``
-    """The one boundary where client failures talking to Twitch become gateway errors.
-
-    A class rather than ``@contextmanager``: it wraps every call to Helix, and
-    a generator per call costs the hot path more than two plain methods.
-    """
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        if kind is None:
-            return
-        if issubclass(kind, TimeoutError):
-            raise UpstreamTimeout("Twitch did not answer in time.") from None
-        if issubclass(kind, (aiohttp.ClientConnectorError, ConnectFailed)):
-            raise UpstreamUnreachable("Twitch could not be reached.") from None
-        if issubclass(kind, (aiohttp.ClientError, UpstreamError)):
-            raise UpstreamUnreachable("The connection to Twitch failed.") from None
-
-
-def check_gateway_answer(status: int, content_type: str) -> None:
-    """Raise the proxy's own gateway error for a 5xx that is not Twitch's JSON.
-
-    Helix's own errors are JSON; a 5xx page in HTML (or empty) comes from a load
-    balancer or CDN in front of it, and a widget's ``res.json()`` cannot read it.
-    Twitch's JSON answers, 5xx included, are passed on as they are.
-    """
-    if status < 500 or content_type.endswith("json"):
-        return
-    if status == 504:
-        raise UpstreamTimeout("Twitch's gateway timed out.")
-    raise UpstreamUnavailable(f"Twitch's gateway answered {status}; try again shortly.")
 
 
 def _is_permanent_refusal(status: int, payload: Mapping[str, Any]) -> bool:

@@ -56,11 +56,15 @@ from .app_keys import (
     twitch_key,
     validator_key,
 )
-from .crypto import DecryptionFailed
-from .errors import ReauthorizationRequired, TwitchRefused, UpstreamError
+from .errors import (
+    DecryptionFailed,
+    ReauthorizationRequired,
+    StoreUnavailable,
+    TwitchRefused,
+    UpstreamError,
+)
 from .grants import ACTIVE, NEEDS_REAUTH, Grant, GrantStore
 from .refresh import Refresher
-from .store.base import StoreUnavailable
 from .twitch import TwitchClient
 
 __all__ = ["CLAIM_PREFIX", "MAX_SWEEP_PERIOD", "ValidationOutcome", "Validator",

@@ -16,7 +16,8 @@ from contextlib import suppress
 
 import pytest
 
-from proxy.store import LockTimeout, StoreUnavailable, TokenStore
+from proxy.errors import LockTimeout, StoreUnavailable
+from proxy.store import TokenStore
 
 ALL_BYTES = bytes(range(256))
 

@@ -222,7 +222,7 @@ async def test_unreadable_marker_turns_the_cache_off(proxy, mock):
 
     async def broken(name):
         if name == GENERATION_KEY:
-            from proxy.store import StoreUnavailable
+            from proxy.errors import StoreUnavailable
             raise StoreUnavailable("down")
         return await original(name)
 

@@ -19,14 +19,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from proxy.app import create_app
 from proxy.app_keys import grants_key
 from proxy.config import load_config
-from proxy.crypto import (
-    DecryptionFailed,
-    FernetCipher,
-    KeyFileError,
-    key_file_for,
-    load_or_create_key_file,
-    parse_keys,
-)
+from proxy.crypto import FernetCipher, key_file_for, load_or_create_key_file, parse_keys
+from proxy.errors import DecryptionFailed, KeyFileError
 from proxy.grants import GrantStore
 from proxy.secret import Secret
 from proxy.store import open_store

@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from yarl import URL
 
-from proxy.helix_client import ConnectFailed, ConnectionBroken, HelixClient
+from proxy.errors import ConnectFailed, ConnectionBroken
+from proxy.helix_client import HelixClient
 
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
 

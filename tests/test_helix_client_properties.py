@@ -23,7 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.helix_client import HelixClient, UpstreamError
+from proxy.errors import HelixTransportError
+from proxy.helix_client import HelixClient
 from tests.test_helix_client import ScriptedServer, target
 
 
@@ -136,7 +137,7 @@ async def run_requests(plans: tuple[Plan, ...]) -> None:
                     body = await response.read()
                 finally:
                     response.release()
-            except (UpstreamError, TimeoutError):
+            except (HelixTransportError, TimeoutError):
                 # An error is fine, but only for an answer that was cut short.
                 assert plan.truncate_at is not None, \
                     f"{tag} failed, yet its answer was whole: {plans}"

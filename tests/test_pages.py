@@ -18,9 +18,8 @@ from yarl import URL
 
 from proxy import pages
 from proxy.app_keys import config_key
-from proxy.errors import ProxyError, UpstreamTimeout
+from proxy.errors import ProxyError, StoreUnavailable, UpstreamTimeout
 from proxy.oauth import STATE_COOKIE
-from proxy.store import StoreUnavailable
 from tests.helpers import authorize, login
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,8 @@ import redis.asyncio
 from cryptography.fernet import Fernet
 
 from proxy.config import load_config
-from proxy.store import LockTimeout, RedisStore, StoreUnavailable, open_store
+from proxy.errors import LockTimeout, StoreUnavailable
+from proxy.store import RedisStore, open_store
 from tests.store_contract import StoreContract
 
 

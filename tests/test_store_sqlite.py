@@ -13,7 +13,8 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from proxy.store import SQLiteStore, StoreUnavailable, open_store, sqlite_path, store_is_shared
+from proxy.errors import StoreUnavailable
+from proxy.store import SQLiteStore, open_store, sqlite_path, store_is_shared
 from tests.store_contract import StoreContract
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,6 @@ from .base import (
     DEFAULT_LOCK_LEASE,
     DEFAULT_LOCK_WAIT,
     DEFAULT_PREFIX,
-    LockTimeout,
-    StoreUnavailable,
     TokenStore,
 )
 from .memory import MemoryStore
@@ -28,11 +26,9 @@ __all__ = [
     "DEFAULT_LOCK_LEASE",
     "DEFAULT_LOCK_WAIT",
     "DEFAULT_PREFIX",
-    "LockTimeout",
     "MemoryStore",
     "RedisStore",
     "SQLiteStore",
-    "StoreUnavailable",
     "TokenStore",
     "open_store",
     "sqlite_path",

@@ -20,12 +20,13 @@ Contract, for every backend:
 - ``lock(key, lease=...)`` is an async context manager holding an exclusive
   lock for ``key`` across every process sharing the store. The lock expires
   after ``lease`` seconds even if its holder dies; waiting gives up after
-  ``wait`` seconds with :class:`LockTimeout`.
-- ``ping()`` raises :class:`StoreUnavailable` when the backend is unreachable.
+  ``wait`` seconds with :class:`~proxy.errors.LockTimeout`.
+- ``ping()`` raises :class:`~proxy.errors.StoreUnavailable` when the backend is
+  unreachable.
 - ``close()`` releases connections; the store is not used afterwards.
 
-Backends raise :class:`StoreUnavailable` for connection-level failures so the
-HTTP layer can answer 503 instead of a bare 500.
+Backends raise :class:`~proxy.errors.StoreUnavailable` for connection-level
+failures so the HTTP layer can answer 503 instead of a bare 500.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..errors import ProxyError
+from ..errors import LockTimeout
 
 __all__ = [
     "DEFAULT_LOCK_LEASE",
@@ -45,8 +46,6 @@ __all__ = [
     "LeaseLockTable",
     "check_lock_args",
     "check_ttl",
-    "LockTimeout",
-    "StoreUnavailable",
     "TokenStore",
 ]
 
@@ -55,20 +54,6 @@ __all__ = [
 DEFAULT_LOCK_LEASE = 30.0
 #: Seconds a caller waits for a lock before giving up.
 DEFAULT_LOCK_WAIT = 35.0
-
-
-class StoreUnavailable(ProxyError):
-    """The backend cannot be reached or answered with a connection error."""
-
-    status = 503
-    code = "store_unavailable"
-    retry_after = 5
-
-
-class LockTimeout(StoreUnavailable):
-    """A per-key lock could not be taken within the wait time."""
-
-    code = "store_busy"
 
 
 @runtime_checkable

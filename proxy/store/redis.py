@@ -6,7 +6,7 @@ Compare-and-swap and lock release are small Lua scripts, so each is one atomic
 step on the server. A lock is ``SET name owner NX PX lease`` with a random
 owner; waiting polls with a short backoff.
 
-Connection failures and timeouts become :class:`StoreUnavailable`.
+Connection failures and timeouts become :class:`~proxy.errors.StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio
 import redis.exceptions
 
+from ..errors import LockTimeout, StoreUnavailable
 from .base import (
     DEFAULT_LOCK_LEASE,
     DEFAULT_LOCK_WAIT,
     DEFAULT_PREFIX,
-    LockTimeout,
-    StoreUnavailable,
     check_lock_args,
     check_ttl,
 )
@@ -269,7 +268,7 @@ class RedisStore:
             log.warning("could not release a lock; it is freed when its lease runs out")
 
     async def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` unless Redis answers PING."""
+        """Raise :class:`~proxy.errors.StoreUnavailable` unless Redis answers PING."""
         with _unavailable_on_connection_errors():
             await self._client.ping()
 

@@ -5,7 +5,7 @@ autocommit, so every operation is one atomic statement and no transaction is
 ever left open. The file and its -wal/-shm companions are private to the
 user (0600). The file is in WAL mode, so readers never wait for a writer;
 a writer waits up to ``busy_timeout`` for another and then gives up with
-:class:`StoreUnavailable`.
+:class:`~proxy.errors.StoreUnavailable`.
 
 Schema::
 
@@ -36,13 +36,12 @@ from typing import Any
 
 import aiosqlite
 
+from ..errors import LockTimeout, StoreUnavailable
 from .base import (
     DEFAULT_LOCK_LEASE,
     DEFAULT_LOCK_WAIT,
     DEFAULT_PREFIX,
     LeaseLockTable,
-    LockTimeout,
-    StoreUnavailable,
     check_lock_args,
     check_ttl,
 )
@@ -325,7 +324,7 @@ class SQLiteStore:
             log.warning("could not release a lock; it is freed when its lease runs out")
 
     async def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` unless the file can be read."""
+        """Raise :class:`~proxy.errors.StoreUnavailable` unless the file can be read."""
         await self._fetch("SELECT 1 FROM kv LIMIT 1")
 
     async def close(self) -> None:
