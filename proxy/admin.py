@@ -14,7 +14,8 @@ which tells the servers' caches that something changed.
 - ``grants list``: login, user id, scopes, state, expiry and key ids; never a
   token or a key.
 - ``grants delete GRANT``, ``keys create GRANT``, ``keys revoke KEY_ID``.
-- ``grants reencrypt``: re-saves every grant under the first key of
+- ``grants reencrypt``: re-saves every grant (and the sealed index: keys,
+  refresh-token aliases, users) under the first key of
   ``TOKEN_ENCRYPTION_KEY``; the step between putting a new key first and
   dropping the old one.
 
@@ -281,8 +282,10 @@ async def grants_reencrypt(args: argparse.Namespace, config: Config, out: TextIO
                 if loaded is None or await grants.replace(loaded, loaded.grant):
                     break
             count += loaded is not None
-    print(f"re-encrypted {count} grant(s) under the first key of TOKEN_ENCRYPTION_KEY",
-          file=out)
+        # Keys, refresh-token aliases and the user index are sealed too.
+        entries = await grants.reseal_index()
+    print(f"re-encrypted {count} grant(s) and {entries} index entries under the first key of "
+          "TOKEN_ENCRYPTION_KEY", file=out)
 
 
 async def keys_create(args: argparse.Namespace, config: Config, out: TextIO) -> None:

@@ -115,6 +115,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                                   poll_interval=config.store.cache_poll)
         # A wrong encryption key fails the start with one clear error.
         await grants.check_cipher()
+        # Index entries an older version wrote in clear are sealed, once.
+        await grants.seal_index()
     except StoreUnavailable:
         pass  # not reachable yet: /readyz says so, and reads check the key later
     except BaseException:

@@ -30,7 +30,12 @@ Twitch (``chain`` becomes None) and when a new login replaces it; no alias of
 an ended chain opens anything again, whatever the grant becomes later.
 
 Proxy keys and refresh tokens are only ever stored as SHA-256 hashes (they are
-long random strings, so a fast hash is enough). Every write that replaces a
+long random strings, so a fast hash is enough). The values of ``key:``,
+``rt:`` and ``user:`` entries are sealed with the store cipher like grants
+(Fernet authenticates what it decrypts), so whoever can write to the store
+but lacks the encryption key cannot forge a key, an alias or a user's
+grant: an entry that does not decrypt opens nothing. :meth:`GrantStore.seal_index`
+seals the entries a version before this wrote in clear, once. Every write that replaces a
 grant is a compare-and-swap against the exact bytes that were read, so two
 writers can never silently lose a rotated refresh token.
 """
@@ -40,12 +45,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .crypto import Cipher
+from .errors import DecryptionFailed
 from .store.base import TokenStore
 
 __all__ = ["ACTIVE", "SPENT_ALIAS_TTL", "NEEDS_REAUTH", "Grant", "GrantStore", "KeyRecord",
@@ -57,10 +64,20 @@ PROXY_KEY_PREFIX = "tpk_"
 
 RefreshTokenKind = Literal["current", "rotated", "adopted"]
 
+log = logging.getLogger(__name__)
+
+#: Index prefixes whose values are sealed (see the module docstring).
+SEALED_PREFIXES = ("key:", "rt:", "user:")
+#: Store key set once every index entry is sealed.
+SEALED_MARKER = "index:sealed"
+
 #: How long a rotated refresh token stays in the index after it was spent.
 #: It opens nothing past ``auth.replay_window``; until this it is refused as
 #: an alias (401, no call to Twitch) instead of being tried at Twitch as new.
 SPENT_ALIAS_TTL = 30 * 24 * 3600.0
+
+#: Earlier access tokens a grant remembers for revocation (see Grant.rotated).
+MAX_EARLIER_ACCESS_TOKENS = 16
 
 #: The chain of grants stored before chains existed.
 _FIRST_CHAIN = "c0"
@@ -104,6 +121,9 @@ class Grant:
     last_validated_at: float | None = None
     #: The live token chain; None once it ended (revoked, refused by Twitch).
     chain: str | None = _FIRST_CHAIN
+    #: Access tokens of this chain handed out before the current one and not yet
+    #: expired, ``(token, expires_at)``: revoked with the grant (see ``given_out``).
+    earlier_access_tokens: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def new(cls, *, user_id: str | None, login: str | None, scopes: tuple[str, ...],
@@ -115,6 +135,23 @@ class Grant:
         return cls(grant_id=new_grant_id(), user_id=user_id, login=login, scopes=scopes,
                    access_token=access_token, refresh_token=refresh_token,
                    expires_at=expires_at, chain=new_chain(), **fields)
+
+    def rotated(self, *, now: float) -> tuple[tuple[str, float], ...]:
+        """``earlier_access_tokens`` once the current access token is replaced.
+
+        Expired tokens are dropped (they are dead at Twitch anyway), and at most
+        :data:`MAX_EARLIER_ACCESS_TOKENS` are kept: normally one refresh every
+        few hours leaves one or two alive.
+        """
+        alive = [(token, until) for token, until in self.earlier_access_tokens if until > now]
+        alive.append((self.access_token, self.expires_at))
+        return tuple(alive[-MAX_EARLIER_ACCESS_TOKENS:])
+
+    def given_out(self) -> tuple[str, ...]:
+        """Every token of the chain that may still work at Twitch: what revoking revokes."""
+        now = time.time()
+        earlier = tuple(token for token, until in self.earlier_access_tokens if until > now)
+        return (self.refresh_token, self.access_token, *earlier)
 
     def __repr__(self) -> str:
         return (f"Grant(grant_id={self.grant_id!r}, login={self.login!r}, "
@@ -141,6 +178,8 @@ class Grant:
     def from_bytes(cls, data: bytes) -> Grant:
         fields = json.loads(data)
         fields["scopes"] = tuple(fields["scopes"])
+        fields["earlier_access_tokens"] = tuple(
+            (token, until) for token, until in fields.get("earlier_access_tokens", ()))
         return cls(**fields)  # records from before chains get the first chain
 
 
@@ -184,8 +223,7 @@ class LoadedGrant:
     raw: bytes
 
 
-def _ref_from_bytes(raw: bytes) -> RefreshTokenRef:
-    data = json.loads(raw)
+def _ref_from(data: dict[str, Any]) -> RefreshTokenRef:
     return RefreshTokenRef(grant_id=data["grant_id"], kind=data["kind"],
                            chain=data.get("chain", _FIRST_CHAIN), until=data.get("until"))
 
@@ -196,6 +234,71 @@ class GrantStore:
     def __init__(self, store: TokenStore, cipher: Cipher) -> None:
         self.store = store
         self._cipher = cipher
+
+    # -- sealed index values ---------------------------------------------------------
+
+    def _seal(self, value: Any) -> bytes:
+        return self._cipher.encrypt(json.dumps(value, separators=(",", ":")).encode())
+
+    def _unseal(self, name: str, raw: bytes | None) -> Any:
+        """An index entry's value; None when absent or not sealed with this store's key."""
+        if raw is None:
+            return None
+        try:
+            return json.loads(self._cipher.decrypt(raw))
+        except (DecryptionFailed, ValueError):
+            # Written by someone without the key (or a version that wrote in clear).
+            log.warning("ignored a %s entry that is not sealed with this store's key",
+                        name.partition(":")[0])
+            return None
+
+    async def seal_index(self) -> int:
+        """Seal the index entries an older version wrote in clear; once per store.
+
+        Run at start-up. Returns how many entries it sealed (0 once done).
+        """
+        if await self.store.get(SEALED_MARKER) is not None:
+            return 0
+        sealed = 0
+        for prefix in SEALED_PREFIXES:
+            for name in await self.store.keys(prefix):
+                raw = await self.store.get(name)
+                if raw is None:
+                    continue
+                try:
+                    self._cipher.decrypt(raw)
+                    continue  # sealed already
+                except DecryptionFailed:
+                    pass
+                try:
+                    value = raw.decode() if prefix == "user:" else json.loads(raw)
+                except ValueError:
+                    continue
+                ttl = SPENT_ALIAS_TTL if isinstance(value, dict) and value.get("until") else None
+                if await self.store.compare_and_swap(name, raw, self._seal(value), ttl=ttl):
+                    sealed += 1
+        await self.store.put(SEALED_MARKER, b"1")
+        if sealed:
+            log.info("sealed %d index entries written in clear by an older version", sealed)
+        return sealed
+
+    async def reseal_index(self) -> int:
+        """Seal every index entry anew under the cipher's first key (key rotation).
+
+        Returns how many entries were rewritten; entries that do not unseal
+        with any configured key are left alone (they open nothing).
+        """
+        count = 0
+        for prefix in SEALED_PREFIXES:
+            for name in await self.store.keys(prefix):
+                raw = await self.store.get(name)
+                value = self._unseal(name, raw)
+                if raw is None or value is None:
+                    continue
+                ttl = SPENT_ALIAS_TTL if isinstance(value, dict) and value.get("until") else None
+                count += await self.store.compare_and_swap(name, raw, self._seal(value),
+                                                           ttl=ttl)
+        return count
 
     # -- grants ------------------------------------------------------------------
 
@@ -267,12 +370,20 @@ class GrantStore:
 
     async def grant_of_user(self, user_id: str) -> str | None:
         """The grant id already held for a Twitch user, if any."""
-        raw = await self.store.get(f"user:{user_id}")
-        return raw.decode() if raw else None
+        name = f"user:{user_id}"
+        value = self._unseal(name, await self.store.get(name))
+        return value if isinstance(value, str) else None
 
     async def claim_user(self, user_id: str, grant_id: str) -> bool:
-        """Make ``grant_id`` the user's grant unless the user has one; say whether it did."""
-        return await self.store.compare_and_swap(f"user:{user_id}", None, grant_id.encode())
+        """Make ``grant_id`` the user's grant unless the user has one; say whether it did.
+
+        An entry that does not unseal (forged) is replaced: it names no grant.
+        """
+        name = f"user:{user_id}"
+        raw = await self.store.get(name)
+        if raw is not None and self._unseal(name, raw) is not None:
+            return False
+        return await self.store.compare_and_swap(name, raw, self._seal(grant_id))
 
     async def all_ids(self) -> list[str]:
         """Every grant id (admin and validator only: it scans the store)."""
@@ -301,8 +412,8 @@ class GrantStore:
         seconds only, and is forgotten after :data:`SPENT_ALIAS_TTL`.
         """
         until = time.time() + window if window is not None else None
-        value = json.dumps({"grant_id": grant_id, "kind": kind, "chain": chain,
-                            "until": until}).encode()
+        value = self._seal({"grant_id": grant_id, "kind": kind, "chain": chain,
+                            "until": until})
         ttl = max(window, SPENT_ALIAS_TTL) if window is not None else None
         await self.store.put(f"rt:{token_hash(token)}", value, ttl=ttl)
 
@@ -312,8 +423,9 @@ class GrantStore:
 
     async def find_refresh_token(self, token: str) -> RefreshTokenRef | None:
         """The alias a refresh token is, if the proxy knows it (:meth:`RefreshTokenRef.opens`)."""
-        raw = await self.store.get(f"rt:{token_hash(token)}")
-        return None if raw is None else _ref_from_bytes(raw)
+        name = f"rt:{token_hash(token)}"
+        value = self._unseal(name, await self.store.get(name))
+        return None if value is None else _ref_from(value)
 
     async def end_aliases(self, grant_id: str, *, keep_chain: str | None = None) -> int:
         """Make sure every alias of ``grant_id`` (but those of ``keep_chain``) is refused.
@@ -328,9 +440,10 @@ class GrantStore:
         ended = 0
         for name in await self.store.keys("rt:"):
             raw = await self.store.get(name)
-            if raw is None:
+            value = self._unseal(name, raw)
+            if raw is None or value is None:
                 continue
-            ref = _ref_from_bytes(raw)
+            ref = _ref_from(value)
             if ref.grant_id != grant_id or (keep_chain is not None and ref.chain == keep_chain):
                 continue
             if ref.kind != "rotated":
@@ -345,13 +458,14 @@ class GrantStore:
         key = new_proxy_key()
         digest = token_hash(key)
         record = KeyRecord(key_id=digest[:12], grant_id=grant_id, created_at=time.time())
-        await self.store.put(f"key:{digest}", json.dumps(dataclasses.asdict(record)).encode())
+        await self.store.put(f"key:{digest}", self._seal(dataclasses.asdict(record)))
         return key, record
 
     async def key_record(self, key: str) -> KeyRecord | None:
         """The record of a proxy key, or None when unknown or revoked."""
-        raw = await self.store.get(f"key:{token_hash(key)}")
-        return KeyRecord(**json.loads(raw)) if raw else None
+        name = f"key:{token_hash(key)}"
+        value = self._unseal(name, await self.store.get(name))
+        return KeyRecord(**value) if value else None
 
     async def revoke_key(self, key: str) -> bool:
         """Revoke a proxy key by its value."""
@@ -361,10 +475,10 @@ class GrantStore:
         """``(digest, record)`` of every key (of one grant); scans the store."""
         out = []
         for name in await self.store.keys("key:"):
-            raw = await self.store.get(name)
-            if raw is None:
+            value = self._unseal(name, await self.store.get(name))
+            if value is None:
                 continue
-            record = KeyRecord(**json.loads(raw))
+            record = KeyRecord(**value)
             if grant_id is None or record.grant_id == grant_id:
                 out.append((name.removeprefix("key:"), record))
         return out

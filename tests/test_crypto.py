@@ -134,6 +134,10 @@ async def test_key_rotation_new_key_first_then_reencrypt(twitch_server, mock, tm
         store = await open_store(config.store.url, prefix=config.store.prefix)
         try:
             grants = GrantStore(store, FernetCipher(parse_keys(config.store.encryption_key)))
+            if key == new_key:
+                # The sealed index (here the user index) moves to the new key too.
+                assert [await grants.grant_of_user(g.user_id) for g in seeded] == [
+                    g.grant_id for g in seeded]
             return [await grants.get(g.grant_id) for g in seeded]
         finally:
             await store.close()
@@ -158,7 +162,9 @@ async def test_key_rotation_new_key_first_then_reencrypt(twitch_server, mock, tm
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
-    assert out.decode() == "re-encrypted 2 grant(s) under the first key of TOKEN_ENCRYPTION_KEY\n"
+    # Two grants; each has a refresh-token alias and a user index entry.
+    assert out.decode() == ("re-encrypted 2 grant(s) and 4 index entries under the first key "
+                            "of TOKEN_ENCRYPTION_KEY\n")
 
     for raw in await raw_records():
         Fernet(new_key).decrypt(raw)

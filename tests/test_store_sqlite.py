@@ -372,3 +372,33 @@ async def test_wal_switch_gives_up_after_the_busy_timeout(tmp_path):
         assert flaky.attempts > 1
     finally:
         await store.close()
+
+
+async def test_a_database_that_is_a_symbolic_link_is_refused(tmp_path):
+    target = tmp_path / "elsewhere.db"
+    link = tmp_path / "tokens.sqlite3"
+    link.symlink_to(target)  # dangling: opening would create the target
+    with pytest.raises(StoreUnavailable, match="symbolic link"):
+        await SQLiteStore.open(link)
+    assert not target.exists()
+    target.touch(mode=0o600)
+    with pytest.raises(StoreUnavailable, match="symbolic link"):
+        await SQLiteStore.open(link)
+
+
+async def test_a_database_in_a_directory_everyone_may_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: anyone could plant the -wal or -shm file first
+    with pytest.raises(StoreUnavailable, match="writable by every user"):
+        await SQLiteStore.open(shared / "tokens.sqlite3")
+    assert not (shared / "tokens.sqlite3").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+async def test_a_database_of_another_user_is_refused(tmp_path):
+    database = tmp_path / "tokens.sqlite3"
+    database.touch(mode=0o600)
+    os.chown(database, 65534, 65534)  # nobody
+    with pytest.raises(StoreUnavailable, match="another user"):
+        await SQLiteStore.open(database)

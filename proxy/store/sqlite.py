@@ -22,6 +22,7 @@ of them polls.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import random
@@ -95,7 +96,7 @@ def _make_private(database: Path) -> None:
     permission bits, so they are born private too; those an older version left
     open to others are made private (with a warning), as is such a database.
     """
-    os.close(os.open(database, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, _PRIVATE))
+    _refuse_unsafe(database)
     for path in (database, *(database.with_name(database.name + s) for s in _COMPANIONS)):
         try:
             mode = stat.S_IMODE(path.stat().st_mode)
@@ -111,6 +112,34 @@ def _make_private(database: Path) -> None:
         else:
             log.warning("%s was open to other users (mode %04o); made it private (0600)",
                         path, mode)
+
+
+def _refuse_unsafe(database: Path) -> None:
+    """Create ``database`` 0600 if absent; refuse one another account could control.
+
+    Refused (an :class:`OSError` saying why): a database that is a symbolic
+    link (it would be written where the link points), one that is not a
+    regular file or belongs to another user, and one in a directory every
+    user may write to, where anyone could plant its -wal or -shm file first.
+    """
+    if database.parent.stat().st_mode & stat.S_IWOTH:
+        raise OSError(f"its directory {database.parent} is writable by every user; "
+                      "keep the database in a directory of its own")
+    try:
+        descriptor = os.open(database, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                             _PRIVATE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError("it is a symbolic link; point the store at the real file") from None
+        raise
+    try:
+        status = os.fstat(descriptor)
+    finally:
+        os.close(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        raise OSError("it is not a regular file")
+    if status.st_uid != os.geteuid():
+        raise OSError("it belongs to another user")
 
 
 @contextmanager
