@@ -70,6 +70,10 @@ __all__ = [
     "setup_abuse",
 ]
 
+#: Seconds a bare token Twitch accepted is let through without spending from
+#: the unknown-credential budget (it is checked by Twitch on every call anyway).
+ACCEPTED_TOKEN_TTL = 600.0
+
 #: The per-address rate limits, by name (:meth:`AbuseGuard.spend`).
 RateBucket = Literal["login", "callback", "refresh"]
 
@@ -283,6 +287,34 @@ class AbuseGuard:
         self.per_grant = ConcurrencyLimit(limits.concurrent_per_grant,
                                           wait=limits.concurrency_wait)
         self.helix_allow = tuple(_parse_pattern(p) for p in helix_allow)
+        self._clock = clock
+        #: sha256 of bare Twitch tokens Twitch accepted lately -> until when (clock).
+        self._accepted_tokens: dict[str, float] = {}
+
+    def check_bare_token(self, token_digest: str, request: web.Request) -> None:
+        """Spend from the caller's unknown-credential budget for a bare token not seen working.
+
+        A bare token is passed through to Twitch, so junk ones would cost a
+        call each: an unknown one spends before its call (concurrent junk
+        cannot overtake the limit), one Twitch accepted lately is free.
+        """
+        now = self._clock()
+        if self._accepted_tokens.get(token_digest, 0.0) > now:
+            return
+        wait = self.invalid_keys.take(client_address(request))
+        if wait:
+            raise RateLimited("Too many unknown tokens from your address.",
+                              retry_after=_retry_after(wait))
+
+    def bare_token_accepted(self, token_digest: str) -> None:
+        """Remember for :data:`ACCEPTED_TOKEN_TTL` that Twitch accepted this bare token."""
+        now = self._clock()
+        if len(self._accepted_tokens) >= MAX_TRACKED_ADDRESSES:
+            for digest in [d for d, until in self._accepted_tokens.items() if until <= now]:
+                del self._accepted_tokens[digest]
+            if len(self._accepted_tokens) >= MAX_TRACKED_ADDRESSES:
+                self._accepted_tokens.clear()
+        self._accepted_tokens[token_digest] = now + ACCEPTED_TOKEN_TTL
 
     def helix_allowed(self, method: str, path: str) -> bool:
         """Whether ``METHOD /path`` (path after ``/helix``) passes ``helix.allow``."""

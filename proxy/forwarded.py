@@ -29,8 +29,16 @@ __all__ = ["client_address", "forwarded_scheme", "is_https", "is_loopback_client
            "public_url_for", "redirect_uri_for"]
 
 #: Headers by which a router or reverse proxy says it passed a request on
-#: (RFC 7239's, and the de facto one every platform sets).
-FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For")
+#: (RFC 7239's, the de facto ones platforms set, nginx's usual X-Real-IP, Via).
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Proto",
+                      "X-Forwarded-Host", "X-Real-IP", "Via")
+
+#: What :func:`client_address` says for a forwarded value that is no address:
+#: all such clients share one rate-limit bucket and one word in the log.
+UNREADABLE_ADDRESS = "unreadable"
+
+#: ``a.b.c.d:port`` or ``[v6]:port``, as some routers write the client.
+_PORT = re.compile(r":[0-9]{1,5}")
 
 #: A host (name, IPv4 or [IPv6]) with an optional port; anything else in
 #: X-Forwarded-Host is ignored rather than put into a redirect_uri.
@@ -47,11 +55,34 @@ def _last(request: web.Request, header: str) -> str:
 
 
 def client_address(request: web.Request) -> str:
-    """The client's address: the router's ``X-Forwarded-For`` when trusted, else the peer."""
-    forwarded = _last(request, "X-Forwarded-For")
-    if forwarded and len(forwarded) <= 64:
-        return forwarded
-    return request.remote or ""
+    """The client's address: the router's ``X-Forwarded-For`` when trusted, else the peer.
+
+    A forwarded value is read as an IP address (a port, as some routers add,
+    is dropped); anything else, including an empty last entry, is
+    :data:`UNREADABLE_ADDRESS`, so a client can neither pick a fresh
+    rate-limit bucket by varying it nor write words into the log line.
+    """
+    if not request.app[config_key].server.trust_forwarded \
+            or "X-Forwarded-For" not in request.headers:
+        return request.remote or ""
+    return _ip_address(_last(request, "X-Forwarded-For")) or UNREADABLE_ADDRESS
+
+
+def _ip_address(value: str) -> str | None:
+    """``value`` as a normalised IP address (``1.2.3.4``, ``1.2.3.4:80``, ``::1``, ``[::1]:80``)."""
+    host = value
+    if value.startswith("["):
+        host, _, port = value[1:].partition("]")
+        if port and not _PORT.fullmatch(port):
+            return None
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+        if not _PORT.fullmatch(":" + port):
+            return None
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 def is_loopback_client(request: web.Request) -> bool:

@@ -8,6 +8,11 @@ that are not UTF-8), C1 controls such as NEL or the Unicode line separators.
 Such a value cannot be sent on to Twitch (encoding it fails) and some log
 viewers break a line at it. :func:`header_check_middleware` answers those
 requests 400 ``invalid_header``, so no handler or library ever sees one.
+
+It also refuses a compressed request body (``Content-Encoding`` other than
+``identity``): no widget sends one, aiohttp would inflate it while a handler
+reads it (a broken one failing there, a small one growing large), and Helix
+is never sent one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import re
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .errors import InvalidHeader
+from .errors import InvalidHeader, InvalidRequest
 
 __all__ = ["header_check_middleware"]
 
@@ -32,7 +37,11 @@ async def header_check_middleware(request: web.Request, handler: Handler) -> web
     """See the module docstring. Header names need no check: both parsers allow only tokens."""
     # One pass over all the values, on the hot path: isprintable() answers for
     # nearly every request; the regex decides the rest (a tab, a no-break space...).
-    values = "".join(request.headers.values())
+    headers = request.headers
+    values = "".join(headers.values())
     if not values.isprintable() and _NOT_TEXT.search(values):
         raise InvalidHeader()
+    if "Content-Encoding" in headers and headers["Content-Encoding"].strip().lower() \
+            not in ("", "identity"):
+        raise InvalidRequest("Send the request body uncompressed (no Content-Encoding).")
     return await handler(request)

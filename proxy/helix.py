@@ -24,7 +24,6 @@ import asyncio
 import functools
 import json
 import logging
-import math
 import re
 import time
 import zlib
@@ -56,9 +55,7 @@ from .errors import (
     InvalidProxyKey,
     InvalidRequest,
     PayloadTooLarge,
-    RateLimited,
 )
-from .forwarded import client_address
 from .grants import ACTIVE, PROXY_KEY_PREFIX, Grant
 from .helix_client import HelixResponse
 from .requestlog import note_grant, put_request_id
@@ -163,11 +160,10 @@ async def resolve_credential(request: web.Request) -> Credential:
         # An alias opens its own chain only, even if a login replaces it meanwhile.
         fresh = await _fresh(request, grant, chain=grant.chain)
         return Credential("legacy", fresh.access_token, fresh)
-    wait = request.app[abuse_guard_key].invalid_keys.wait(client_address(request))
-    if wait:
-        raise RateLimited("Too many refused tokens from your address.",
-                          retry_after=math.ceil(wait))
-    return Credential("passthrough", token)
+    credential = Credential("passthrough", token)
+    # Junk bare tokens would each cost a call to Twitch: see check_bare_token.
+    request.app[abuse_guard_key].check_bare_token(credential.bucket, request)
+    return credential
 
 
 async def _fresh(request: web.Request, grant: Grant, *, chain: str | None = None) -> Grant:
@@ -344,10 +340,8 @@ async def _call_helix(request: web.Request, url: URL, credential: Credential, bo
         metrics.upstream_answer("helix", upstream.status, time.perf_counter() - started,
                                 upstream.headers.get("Ratelimit-Remaining"))
         gate.observe(bucket, upstream.status, upstream.headers)
-        if upstream.status == 401 and credential.mode == "passthrough":
-            # A bare token Twitch refused counts as an unknown credential: one
-            # address cannot relay junk tokens through this app at full speed.
-            app[abuse_guard_key].invalid_keys.take(client_address(request))
+        if credential.mode == "passthrough" and upstream.status != 401:
+            app[abuse_guard_key].bare_token_accepted(credential.bucket)
         try:
             if upstream.status == 401 and not retried_401 and credential.mode != "passthrough":
                 with upstream_errors():

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TextIO, TypeAlias
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from .crypto import parse_keys
 
@@ -102,13 +103,19 @@ class MalformedRequestFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "malformed_request", False):  # not rewritten by another handler
             error = record.exc_info[1] if record.exc_info else None
-            if record.name != "aiohttp.server" or record.levelno < logging.ERROR or \
-                    not isinstance(error, HttpProcessingError) or error.code >= 500:
+            if record.name != "aiohttp.server" or record.levelno < logging.ERROR:
                 return True
-            # "Error handling request from <address>": aiohttp's words, kept for the address.
-            origin = record.getMessage().removeprefix("Error handling request")
-            reason = error.message.partition("\n")[0].rstrip(": ")
-            record.msg = f"refused a malformed request{origin}: {error.code} {reason}"
+            if isinstance(error, RequestPayloadError):
+                # A body the parser could not read (a broken compressed one),
+                # met while aiohttp drained it after the answer had been sent.
+                record.msg = "dropped a request body that could not be read"
+            elif isinstance(error, HttpProcessingError) and error.code < 500:
+                # "Error handling request from <address>": aiohttp's words, kept for the address.
+                origin = record.getMessage().removeprefix("Error handling request")
+                reason = error.message.partition("\n")[0].rstrip(": ")
+                record.msg = f"refused a malformed request{origin}: {error.code} {reason}"
+            else:
+                return True
             record.args = None
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info, record.exc_text = None, None

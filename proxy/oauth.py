@@ -49,7 +49,7 @@ async def read_form(request: web.Request) -> MultiDictProxy[Any]:
     body, bytes that are not text) instead of aiohttp's bare ValueError."""
     try:
         return await request.post()
-    except ValueError:  # UnicodeDecodeError is one too
+    except (ValueError, LookupError):  # UnicodeDecodeError; an unknown charset
         raise InvalidRequest("The form body cannot be read.") from None
 
 

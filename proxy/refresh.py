@@ -253,9 +253,11 @@ class Refresher:
                 return False
             revoked = False
             if revoke_at_twitch:
-                # Revoking the refresh token ends the whole chain at Twitch.
-                revoked = await self._twitch.revoke(grant.refresh_token)
-                await self._twitch.revoke(grant.access_token)
+                # The refresh token, and every access token of the chain that may
+                # still work: Twitch revokes token by token.
+                refresh_token, *access_tokens = grant.given_out()
+                revoked = await self._twitch.revoke(refresh_token)
+                await self._twitch.revoke_quietly(*access_tokens)
             await self._end_locked(grant_id)
             return revoked
 
@@ -425,14 +427,17 @@ class Refresher:
         scopes = tokens.scopes or identity.scopes
         now = time.time()
         current = await self._grants.get(grant_id)
-        if (current is not None and current.state == ACTIVE
-                and set(current.scopes) == set(scopes) and await self._still_works(current)):
-            # Nothing to add, and the chain still works: keep it, so that a page
-            # sending the user through /login cannot end their widgets' tokens.
-            await self._twitch.revoke_quietly(tokens.refresh_token, tokens.access_token)
-            log.info("login grant=%s added nothing to a working grant: its chain is kept",
-                     grant_id)
-            return current
+        if current is not None and current.state == ACTIVE \
+                and set(current.scopes) == set(scopes):
+            working = await self._working(current)
+            if working is not None:
+                # Nothing to add, and the chain still works: keep it, so that a
+                # page sending the user through /login cannot end their widgets'
+                # tokens.
+                await self._twitch.revoke_quietly(tokens.refresh_token, tokens.access_token)
+                log.info("login grant=%s added nothing to a working grant: its chain is kept",
+                         grant_id)
+                return working
         while True:
             loaded = await self._grants.load(grant_id)
             if loaded is None:
@@ -453,7 +458,7 @@ class Refresher:
                 old, user_id=identity.user_id, login=identity.login, scopes=scopes,
                 access_token=tokens.access_token, refresh_token=tokens.refresh_token,
                 expires_at=tokens.expires_at(now), state=ACTIVE, chain=new_chain(),
-                updated_at=now, last_validated_at=now,
+                updated_at=now, last_validated_at=now, earlier_access_tokens=(),
             )
             await self._grants.index_refresh_token(new.refresh_token, grant_id, "current",
                                                    chain=new.chain)
@@ -464,13 +469,20 @@ class Refresher:
         log.info("login grant=%s started a new token chain", grant_id)
         return new
 
-    async def _still_works(self, grant: Grant) -> bool:
-        """Whether Twitch still accepts the grant's access token (False when it cannot say)."""
+    async def _working(self, grant: Grant) -> Grant | None:
+        """The grant if Twitch still accepts its chain (refreshed when only expired), else None.
+
+        Called under the grant's refresh lock, so it refreshes in place. None
+        too when Twitch cannot say right now: the login then replaces the chain.
+        """
         try:
             identity = await self._twitch.validate(grant.access_token)
-        except UpstreamError:
-            return False
-        return identity is not None and identity.user_id == grant.user_id
+            if identity is not None and identity.user_id == grant.user_id:
+                return grant
+            # Expired, or revoked: only a refresh tells which.
+            return await self._refresh_locked(grant.grant_id, grant.access_token)
+        except (ReauthorizationRequired, TwitchRefused, UpstreamError):
+            return None
 
     async def _end_locked(self, grant_id: str) -> None:
         """Mark the grant ``needs_reauth`` and end its chain and every alias."""
@@ -540,6 +552,7 @@ class Refresher:
                 access_token=tokens.access_token, refresh_token=tokens.refresh_token,
                 expires_at=tokens.expires_at(now), scopes=tokens.scopes or current.scopes,
                 updated_at=now, last_refresh_at=now,
+                earlier_access_tokens=current.rotated(now=now),
             )
             if await self._grants.replace(loaded, new):
                 break

@@ -480,8 +480,106 @@ async def test_a_spent_token_after_its_window_is_401_without_asking_twitch(proxy
 
 @pytest.mark.parametrize("config_flags", [{"limits.invalid_keys_per_minute": 3}])
 async def test_bare_tokens_twitch_refuses_are_rate_limited_per_address(proxy, mock):
-    statuses = [(await proxy.get("/helix/users", headers=bearer(f"junk-{n}"))).status
-                for n in range(5)]
-    assert statuses == [401, 401, 401, 429, 429]
-    helix_calls = len(mock.helix_requests)
-    assert helix_calls == 3  # the refused ones cost Twitch nothing
+    # Sent all at once: the budget is spent before the calls, not after.
+    answers = await asyncio.gather(*(proxy.get("/helix/users", headers=bearer(f"junk-{n}"))
+                                     for n in range(20)))
+    statuses = sorted(answer.status for answer in answers)
+    assert statuses == [401] * 3 + [429] * 17
+    assert len(mock.helix_requests) == 3  # the refused ones cost Twitch nothing
+
+
+@pytest.mark.parametrize("config_flags", [{"limits.invalid_keys_per_minute": 3}])
+async def test_a_bare_token_twitch_accepts_spends_the_budget_once(proxy, mock):
+    token = mock.issue_tokens(VICTIM, [])["access_token"]
+    for _ in range(10):
+        assert (await proxy.get("/helix/users", headers=bearer(token))).status == 200
+
+
+# -- the store's index: nothing forged opens anything ---------------------------------------
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_index_entries_written_without_the_key_open_nothing(proxy, mock):
+    import json
+
+    from proxy.grants import token_hash
+    victim = await login(proxy)
+    grant = await grant_of_key(proxy, victim["proxy_key"])
+    store = proxy.app[store_key]
+    # Someone who can write to the store but has no encryption key forges a
+    # key record, an alias of the victim's chain and the victim's user index.
+    forged_key = "tpk_forged-by-someone-with-store-access"
+    await store.put(f"key:{token_hash(forged_key)}", json.dumps(
+        {"key_id": "x", "grant_id": grant.grant_id, "created_at": 0}).encode())
+    await store.put(f"rt:{token_hash('forged-rt')}", json.dumps(
+        {"grant_id": grant.grant_id, "kind": "adopted", "chain": grant.chain,
+         "until": None}).encode())
+    await proxy.app[grants_key].check_generation()  # as another process's write would
+    assert (await proxy.get("/helix/users", headers=bearer(forged_key))).status == 401
+    refresh = await proxy.post("/refresh", json={"refresh_token": "forged-rt"})
+    assert refresh.status != 200
+    assert secrets_in(await refresh.text(), grant.access_token, grant.refresh_token) == []
+    helix = await proxy.get("/helix/users", headers=pair("x", "forged-rt"))
+    assert helix.status == 401 and "X-Access-Token" not in helix.headers
+    # The victim's own key still works.
+    assert (await proxy.get("/helix/users", headers=bearer(victim["proxy_key"]))).status == 200
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_an_older_versions_clear_index_is_sealed_once_at_start(
+        aiohttp_client, proxy_config, mock):
+    import json
+
+    from proxy.app import cipher_for, create_app
+    from proxy.grants import SEALED_MARKER, Grant, GrantStore, token_hash
+    from proxy.store import open_store
+    # A store as the version before sealing left it: index values in clear.
+    store = await open_store(proxy_config.store.url, prefix=proxy_config.store.prefix)
+    grants = GrantStore(store, cipher_for(proxy_config))
+    tokens = mock.issue_tokens(VICTIM, ["user:read:email"])
+    grant = Grant.new(user_id=VICTIM, login="twitchdev", scopes=("user:read:email",),
+                      access_token=tokens["access_token"], refresh_token=tokens["refresh_token"],
+                      expires_at=10**10)
+    await grants.create(grant)
+    key = "tpk_from-an-older-version"
+    await store.put(f"key:{token_hash(key)}", json.dumps(
+        {"key_id": "k", "grant_id": grant.grant_id, "created_at": 0}).encode())
+    await store.put(f"user:{VICTIM}", grant.grant_id.encode())
+    await store.close()
+
+    proxy = await aiohttp_client(create_app(proxy_config))
+    assert (await proxy.get("/helix/users", headers=bearer(key))).status == 200
+    assert await proxy.app[grants_key].grant_of_user(VICTIM) == grant.grant_id
+    assert await proxy.app[store_key].get(SEALED_MARKER) == b"1"
+
+
+async def test_a_login_keeps_a_chain_whose_access_token_only_expired(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    mock.expire_access_tokens()  # hours later: expired, but the chain is fine
+    await login(proxy)  # e.g. forced by a page the user visits
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+
+
+async def test_a_login_replaces_a_chain_twitch_ended(proxy, mock):
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    mock.revoke_refresh_tokens(VICTIM)  # a password change the proxy has not noticed yet
+    second = await login(proxy)
+    assert second["refresh_token"] != first["refresh_token"]
+    assert (await proxy.get("/helix/users", headers=bearer(first["proxy_key"]))).status == 200
+    assert (await proxy.get("/helix/users", headers=widget)).status == 401
+
+
+async def test_revoke_with_twitch_revokes_the_chains_earlier_access_tokens(proxy, mock):
+    first = await login(proxy)
+    refreshed = await (await proxy.post(
+        "/refresh", json={"refresh_token": first["refresh_token"]})).json()
+    earlier = first["access_token"]
+    assert (await proxy.get("/helix/users", headers=bearer(earlier))).status == 200
+    answer = await proxy.post("/revoke?twitch=true", headers=bearer(first["proxy_key"]))
+    assert answer.status == 200
+    for token in (earlier, refreshed["access_token"]):
+        assert (await proxy.get("/helix/users", headers=bearer(token))).status == 401
