@@ -4,7 +4,7 @@ Values come from four layers, later ones winning: built-in defaults, the YAML
 file (``config.yaml``, or ``--config PATH`` / ``PROXY_CONFIG``), environment
 variables, and command-line flags. Each dataclass field names its environment
 variable in its metadata, so the table of variables is the code itself (and
-``python -m proxy --help-config`` prints it).
+``python -m proxy --help`` prints it).
 
 Every problem (unknown keys, wrong types, missing credentials, bad URLs) is
 collected first and raised once as :class:`ConfigError`, whose message lists
