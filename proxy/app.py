@@ -6,9 +6,11 @@ run in order at start-up and in reverse at shutdown, only for what started.
 
 Routes, by module:
 
-- ``/``, ``/status`` pages and ``/static``    -> :mod:`proxy.pages` (via :func:`setup_pages`)
+- ``/`` and ``/static`` (registered here), pages rendered by :mod:`proxy.pages`
+  (Jinja2 set up by :func:`proxy.pages.setup_pages`)
 - ``/login``, ``/callback``, ``POST /refresh`` -> :mod:`proxy.oauth`
 - ``/helix/*``                                  -> :mod:`proxy.helix`
+- ``/status``, ``POST /revoke``                -> :mod:`proxy.status`
 - ``/healthz``, ``/readyz``                     -> :mod:`proxy.health`
 - ``/metrics``                                  -> :mod:`proxy.metrics`
 
