@@ -306,8 +306,11 @@ class AbuseGuard:
             raise RateLimited("Too many unknown tokens from your address.",
                               retry_after=_retry_after(wait))
 
-    def bare_token_accepted(self, token_digest: str) -> None:
-        """Remember for :data:`ACCEPTED_TOKEN_TTL` that Twitch accepted this bare token."""
+    def bare_token_answered(self, token_digest: str, *, accepted: bool) -> None:
+        """Remember for :data:`ACCEPTED_TOKEN_TTL` whether Twitch accepted this bare token."""
+        if not accepted:
+            self._accepted_tokens.pop(token_digest, None)
+            return
         now = self._clock()
         if len(self._accepted_tokens) >= MAX_TRACKED_ADDRESSES:
             for digest in [d for d, until in self._accepted_tokens.items() if until <= now]:

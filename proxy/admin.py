@@ -17,7 +17,8 @@ which tells the servers' caches that something changed.
 - ``grants reencrypt``: re-saves every grant (and the sealed index: keys,
   refresh-token aliases, users) under the first key of
   ``TOKEN_ENCRYPTION_KEY``; the step between putting a new key first and
-  dropping the old one.
+  dropping the old one, and the one-off step after upgrading from a version
+  that wrote the index in clear.
 
 A SQLite store must exist already (the server creates it on first start):
 a path that does not is refused, so a typo cannot create an empty store and a
@@ -282,8 +283,9 @@ async def grants_reencrypt(args: argparse.Namespace, config: Config, out: TextIO
                 if loaded is None or await grants.replace(loaded, loaded.grant):
                     break
             count += loaded is not None
-        # Keys, refresh-token aliases and the user index are sealed too.
-        entries = await grants.reseal_index()
+        # Keys, refresh-token aliases and the user index are sealed too (and,
+        # once after upgrading, those a version before sealing wrote in clear).
+        entries = await grants.seal_index(seal_clear=True)
     print(f"re-encrypted {count} grant(s) and {entries} index entries under the first key of "
           "TOKEN_ENCRYPTION_KEY", file=out)
 

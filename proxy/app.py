@@ -22,6 +22,7 @@ refused before anything reads them).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -71,6 +72,8 @@ from .validator import setup_validator
 
 __all__ = ["create_app", "cipher_for"]
 
+log = logging.getLogger(__name__)
+
 
 def cipher_for(config: Config) -> Cipher:
     """The cipher that protects grant records in the configured store."""
@@ -117,8 +120,11 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                                   poll_interval=config.store.cache_poll)
         # A wrong encryption key fails the start with one clear error.
         await grants.check_cipher()
-        # Index entries an older version wrote in clear are sealed, once.
-        await grants.seal_index()
+        unsealed = await grants.unsealed_entries()
+        if unsealed:
+            log.warning("%d index entries (proxy keys, refresh tokens, users) are not sealed "
+                        "with this store's key and open nothing; if a version before sealing "
+                        "wrote them, run `twitch-proxy grants reencrypt` once", unsealed)
     except StoreUnavailable:
         pass  # not reachable yet: /readyz says so, and reads check the key later
     except BaseException:

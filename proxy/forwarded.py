@@ -70,6 +70,8 @@ def client_address(request: web.Request) -> str:
 
 def _ip_address(value: str) -> str | None:
     """``value`` as a normalised IP address (``1.2.3.4``, ``1.2.3.4:80``, ``::1``, ``[::1]:80``)."""
+    if len(value) > 64:
+        return None
     host = value
     if value.startswith("["):
         host, _, port = value[1:].partition("]")
@@ -79,6 +81,8 @@ def _ip_address(value: str) -> str | None:
         host, _, port = value.partition(":")
         if not _PORT.fullmatch(":" + port):
             return None
+    if "%" in host:
+        return None  # a zone id names an interface of the router's, and may hold any text
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

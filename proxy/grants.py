@@ -32,10 +32,12 @@ an ended chain opens anything again, whatever the grant becomes later.
 Proxy keys and refresh tokens are only ever stored as SHA-256 hashes (they are
 long random strings, so a fast hash is enough). The values of ``key:``,
 ``rt:`` and ``user:`` entries are sealed with the store cipher like grants
-(Fernet authenticates what it decrypts), so whoever can write to the store
-but lacks the encryption key cannot forge a key, an alias or a user's
-grant: an entry that does not decrypt opens nothing. :meth:`GrantStore.seal_index`
-seals the entries a version before this wrote in clear, once. Every write that replaces a
+(Fernet authenticates what it decrypts), together with the entry's own name,
+so whoever can write to the store but lacks the encryption key can neither
+forge an entry nor copy one under another name: an entry that does not
+unseal for its name opens nothing. Entries a version before sealing wrote in
+clear are sealed only by ``twitch-proxy grants reencrypt``
+(:meth:`GrantStore.seal_index`), never at start-up. Every write that replaces a
 grant is a compare-and-swap against the exact bytes that were read, so two
 writers can never silently lose a rotated refresh token.
 """
@@ -68,8 +70,6 @@ log = logging.getLogger(__name__)
 
 #: Index prefixes whose values are sealed (see the module docstring).
 SEALED_PREFIXES = ("key:", "rt:", "user:")
-#: Store key set once every index entry is sealed.
-SEALED_MARKER = "index:sealed"
 
 #: How long a rotated refresh token stays in the index after it was spent.
 #: It opens nothing past ``auth.replay_window``; until this it is refused as
@@ -143,9 +143,14 @@ class Grant:
         :data:`MAX_EARLIER_ACCESS_TOKENS` are kept: normally one refresh every
         few hours leaves one or two alive.
         """
+        # The refresher revokes the ones this drops (see live_access_tokens).
+        return self.live_access_tokens(now=now)[-MAX_EARLIER_ACCESS_TOKENS:]
+
+    def live_access_tokens(self, *, now: float) -> tuple[tuple[str, float], ...]:
+        """The earlier access tokens not yet expired, then the current one."""
         alive = [(token, until) for token, until in self.earlier_access_tokens if until > now]
         alive.append((self.access_token, self.expires_at))
-        return tuple(alive[-MAX_EARLIER_ACCESS_TOKENS:])
+        return tuple(alive)
 
     def given_out(self) -> tuple[str, ...]:
         """Every token of the chain that may still work at Twitch: what revoking revokes."""
@@ -223,9 +228,30 @@ class LoadedGrant:
     raw: bytes
 
 
-def _ref_from(data: dict[str, Any]) -> RefreshTokenRef:
-    return RefreshTokenRef(grant_id=data["grant_id"], kind=data["kind"],
-                           chain=data.get("chain", _FIRST_CHAIN), until=data.get("until"))
+def _ref_from(data: Any) -> RefreshTokenRef | None:
+    """An alias from its unsealed value; None for anything of another shape."""
+    try:
+        return RefreshTokenRef(grant_id=str(data["grant_id"]), kind=data["kind"],
+                               chain=data.get("chain", _FIRST_CHAIN), until=data.get("until"))
+    except (TypeError, KeyError, AttributeError):
+        return None
+
+
+def _key_record_from(data: Any) -> KeyRecord | None:
+    """A key record from its unsealed value; None for anything of another shape."""
+    try:
+        return KeyRecord(key_id=str(data["key_id"]), grant_id=str(data["grant_id"]),
+                         created_at=float(data["created_at"]))
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _clear_value(prefix: str, raw: bytes) -> Any:
+    """The value of an index entry a version before sealing wrote in clear, or None."""
+    try:
+        return raw.decode() if prefix == "user:" else json.loads(raw)
+    except ValueError:
+        return None
 
 
 class GrantStore:
@@ -237,66 +263,59 @@ class GrantStore:
 
     # -- sealed index values ---------------------------------------------------------
 
-    def _seal(self, value: Any) -> bytes:
-        return self._cipher.encrypt(json.dumps(value, separators=(",", ":")).encode())
+    def _seal(self, name: str, value: Any) -> bytes:
+        """``value`` sealed for the entry ``name``: copied under another name, it opens nothing."""
+        return self._cipher.encrypt(
+            json.dumps({"name": name, "value": value}, separators=(",", ":")).encode())
 
     def _unseal(self, name: str, raw: bytes | None) -> Any:
-        """An index entry's value; None when absent or not sealed with this store's key."""
+        """An index entry's value; None when absent, or not sealed for ``name`` with this key."""
         if raw is None:
             return None
         try:
-            return json.loads(self._cipher.decrypt(raw))
+            sealed = json.loads(self._cipher.decrypt(raw))
         except (DecryptionFailed, ValueError):
-            # Written by someone without the key (or a version that wrote in clear).
-            log.warning("ignored a %s entry that is not sealed with this store's key",
-                        name.partition(":")[0])
+            sealed = None
+        if not isinstance(sealed, dict) or sealed.get("name") != name:
+            # Written without the key, copied from another entry, or by a
+            # version that wrote in clear (see seal_index).
+            log.warning("ignored a %s entry that is not sealed for its name with this "
+                        "store's key", name.partition(":")[0])
             return None
+        return sealed.get("value")
 
-    async def seal_index(self) -> int:
-        """Seal the index entries an older version wrote in clear; once per store.
-
-        Run at start-up. Returns how many entries it sealed (0 once done).
-        """
-        if await self.store.get(SEALED_MARKER) is not None:
-            return 0
-        sealed = 0
+    async def unsealed_entries(self) -> int:
+        """How many index entries open nothing because they are not sealed (start-up check)."""
+        count = 0
         for prefix in SEALED_PREFIXES:
             for name in await self.store.keys(prefix):
                 raw = await self.store.get(name)
-                if raw is None:
-                    continue
-                try:
-                    self._cipher.decrypt(raw)
-                    continue  # sealed already
-                except DecryptionFailed:
-                    pass
-                try:
-                    value = raw.decode() if prefix == "user:" else json.loads(raw)
-                except ValueError:
-                    continue
-                ttl = SPENT_ALIAS_TTL if isinstance(value, dict) and value.get("until") else None
-                if await self.store.compare_and_swap(name, raw, self._seal(value), ttl=ttl):
-                    sealed += 1
-        await self.store.put(SEALED_MARKER, b"1")
-        if sealed:
-            log.info("sealed %d index entries written in clear by an older version", sealed)
-        return sealed
+                if raw is not None and self._unseal(name, raw) is None:
+                    count += 1
+        return count
 
-    async def reseal_index(self) -> int:
-        """Seal every index entry anew under the cipher's first key (key rotation).
+    async def seal_index(self, *, seal_clear: bool = False) -> int:
+        """Seal every index entry anew under the cipher's first key; returns how many.
 
-        Returns how many entries were rewritten; entries that do not unseal
-        with any configured key are left alone (they open nothing).
+        The key-rotation step of ``twitch-proxy grants reencrypt``. With
+        ``seal_clear`` (that command, run once after upgrading), entries a
+        version before sealing wrote in clear are sealed too. Never at
+        start-up: whoever can write to the store could plant a clear entry and
+        have it sealed. Other entries that do not unseal are left alone.
         """
         count = 0
         for prefix in SEALED_PREFIXES:
             for name in await self.store.keys(prefix):
                 raw = await self.store.get(name)
+                if raw is None:
+                    continue
                 value = self._unseal(name, raw)
-                if raw is None or value is None:
+                if value is None and seal_clear:
+                    value = _clear_value(prefix, raw)
+                if value is None:
                     continue
                 ttl = SPENT_ALIAS_TTL if isinstance(value, dict) and value.get("until") else None
-                count += await self.store.compare_and_swap(name, raw, self._seal(value),
+                count += await self.store.compare_and_swap(name, raw, self._seal(name, value),
                                                            ttl=ttl)
         return count
 
@@ -381,9 +400,9 @@ class GrantStore:
         """
         name = f"user:{user_id}"
         raw = await self.store.get(name)
-        if raw is not None and self._unseal(name, raw) is not None:
+        if raw is not None and isinstance(self._unseal(name, raw), str):
             return False
-        return await self.store.compare_and_swap(name, raw, self._seal(grant_id))
+        return await self.store.compare_and_swap(name, raw, self._seal(name, grant_id))
 
     async def all_ids(self) -> list[str]:
         """Every grant id (admin and validator only: it scans the store)."""
@@ -412,10 +431,11 @@ class GrantStore:
         seconds only, and is forgotten after :data:`SPENT_ALIAS_TTL`.
         """
         until = time.time() + window if window is not None else None
-        value = self._seal({"grant_id": grant_id, "kind": kind, "chain": chain,
-                            "until": until})
+        name = f"rt:{token_hash(token)}"
+        value = self._seal(name, {"grant_id": grant_id, "kind": kind, "chain": chain,
+                                  "until": until})
         ttl = max(window, SPENT_ALIAS_TTL) if window is not None else None
-        await self.store.put(f"rt:{token_hash(token)}", value, ttl=ttl)
+        await self.store.put(name, value, ttl=ttl)
 
     async def forget_refresh_token(self, token: str) -> None:
         """Drop a refresh token from the index."""
@@ -424,8 +444,7 @@ class GrantStore:
     async def find_refresh_token(self, token: str) -> RefreshTokenRef | None:
         """The alias a refresh token is, if the proxy knows it (:meth:`RefreshTokenRef.opens`)."""
         name = f"rt:{token_hash(token)}"
-        value = self._unseal(name, await self.store.get(name))
-        return None if value is None else _ref_from(value)
+        return _ref_from(self._unseal(name, await self.store.get(name)))
 
     async def end_aliases(self, grant_id: str, *, keep_chain: str | None = None) -> int:
         """Make sure every alias of ``grant_id`` (but those of ``keep_chain``) is refused.
@@ -440,10 +459,9 @@ class GrantStore:
         ended = 0
         for name in await self.store.keys("rt:"):
             raw = await self.store.get(name)
-            value = self._unseal(name, raw)
-            if raw is None or value is None:
+            ref = _ref_from(self._unseal(name, raw))
+            if raw is None or ref is None:
                 continue
-            ref = _ref_from(value)
             if ref.grant_id != grant_id or (keep_chain is not None and ref.chain == keep_chain):
                 continue
             if ref.kind != "rotated":
@@ -458,14 +476,14 @@ class GrantStore:
         key = new_proxy_key()
         digest = token_hash(key)
         record = KeyRecord(key_id=digest[:12], grant_id=grant_id, created_at=time.time())
-        await self.store.put(f"key:{digest}", self._seal(dataclasses.asdict(record)))
+        await self.store.put(f"key:{digest}",
+                             self._seal(f"key:{digest}", dataclasses.asdict(record)))
         return key, record
 
     async def key_record(self, key: str) -> KeyRecord | None:
         """The record of a proxy key, or None when unknown or revoked."""
         name = f"key:{token_hash(key)}"
-        value = self._unseal(name, await self.store.get(name))
-        return KeyRecord(**value) if value else None
+        return _key_record_from(self._unseal(name, await self.store.get(name)))
 
     async def revoke_key(self, key: str) -> bool:
         """Revoke a proxy key by its value."""
@@ -475,10 +493,9 @@ class GrantStore:
         """``(digest, record)`` of every key (of one grant); scans the store."""
         out = []
         for name in await self.store.keys("key:"):
-            value = self._unseal(name, await self.store.get(name))
-            if value is None:
+            record = _key_record_from(self._unseal(name, await self.store.get(name)))
+            if record is None:
                 continue
-            record = KeyRecord(**value)
             if grant_id is None or record.grant_id == grant_id:
                 out.append((name.removeprefix("key:"), record))
         return out

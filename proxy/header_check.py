@@ -41,7 +41,8 @@ async def header_check_middleware(request: web.Request, handler: Handler) -> web
     values = "".join(headers.values())
     if not values.isprintable() and _NOT_TEXT.search(values):
         raise InvalidHeader()
-    if "Content-Encoding" in headers and headers["Content-Encoding"].strip().lower() \
-            not in ("", "identity"):
+    if "Content-Encoding" in headers and any(
+            coding.strip().lower() not in ("", "identity")
+            for value in headers.getall("Content-Encoding") for coding in value.split(",")):
         raise InvalidRequest("Send the request body uncompressed (no Content-Encoding).")
     return await handler(request)

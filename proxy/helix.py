@@ -340,8 +340,9 @@ async def _call_helix(request: web.Request, url: URL, credential: Credential, bo
         metrics.upstream_answer("helix", upstream.status, time.perf_counter() - started,
                                 upstream.headers.get("Ratelimit-Remaining"))
         gate.observe(bucket, upstream.status, upstream.headers)
-        if credential.mode == "passthrough" and upstream.status != 401:
-            app[abuse_guard_key].bare_token_accepted(credential.bucket)
+        if credential.mode == "passthrough":
+            app[abuse_guard_key].bare_token_answered(credential.bucket,
+                                                     accepted=upstream.status != 401)
         try:
             if upstream.status == 401 and not retried_401 and credential.mode != "passthrough":
                 with upstream_errors():

@@ -427,6 +427,13 @@ class Refresher:
         scopes = tokens.scopes or identity.scopes
         now = time.time()
         current = await self._grants.get(grant_id)
+        if current is not None and current.user_id != identity.user_id:
+            # The user index named another user's grant: never write one user's
+            # tokens into another's grant, nor hand theirs out.
+            await self._twitch.revoke_quietly(tokens.refresh_token, tokens.access_token)
+            log.warning("login of user %s found grant=%s of another user in its index",
+                        identity.user_id, grant_id)
+            raise UpstreamBadResponse("This login could not be stored; start again.")
         if current is not None and current.state == ACTIVE \
                 and set(current.scopes) == set(scopes):
             working = await self._working(current)
@@ -458,7 +465,10 @@ class Refresher:
                 old, user_id=identity.user_id, login=identity.login, scopes=scopes,
                 access_token=tokens.access_token, refresh_token=tokens.refresh_token,
                 expires_at=tokens.expires_at(now), state=ACTIVE, chain=new_chain(),
-                updated_at=now, last_validated_at=now, earlier_access_tokens=(),
+                updated_at=now, last_validated_at=now,
+                # The old chain's access tokens that still work stay revocable
+                # with the grant (its refresh token is refused here for good).
+                earlier_access_tokens=old.rotated(now=now) if old.state == ACTIVE else (),
             )
             await self._grants.index_refresh_token(new.refresh_token, grant_id, "current",
                                                    chain=new.chain)
@@ -562,6 +572,12 @@ class Refresher:
             if reloaded is None:
                 raise self._reauth()
             loaded = reloaded
+        # Access tokens the grant can no longer remember are revoked now, so
+        # that revoking the grant later still ends every one it gave out.
+        remembered = {token for token, _ in new.earlier_access_tokens}
+        await self._twitch.revoke_quietly(*(
+            token for token, _ in old.live_access_tokens(now=now)
+            if token not in remembered and token != new.access_token))
         # An old widget's adopted token stays an alias of the chain; others are
         # replayed for the window only.
         if ref is None or ref.kind != "adopted" or ref.chain != old.chain:

@@ -526,12 +526,34 @@ async def test_index_entries_written_without_the_key_open_nothing(proxy, mock):
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-async def test_an_older_versions_clear_index_is_sealed_once_at_start(
-        aiohttp_client, proxy_config, mock):
+async def test_a_sealed_entry_copied_under_another_name_opens_nothing(proxy, mock):
+    from proxy.grants import token_hash
+    victim = await login(proxy)
+    store = proxy.app[store_key]
+    # Copy the victim's sealed key record and refresh-token alias under names
+    # of the attacker's choosing (no key needed for that).
+    record = await store.get(f"key:{token_hash(victim['proxy_key'])}")
+    alias = await store.get(f"rt:{token_hash(victim['refresh_token'])}")
+    await store.put(f"key:{token_hash('tpk_chosen')}", record)
+    await store.put(f"rt:{token_hash('chosen-rt')}", alias)
+    await store.put("user:666", await store.get(f"user:{VICTIM}"))
+    await proxy.app[grants_key].check_generation()
+    assert (await proxy.get("/helix/users", headers=bearer("tpk_chosen"))).status == 401
+    refresh = await proxy.post("/refresh", json={"refresh_token": "chosen-rt"})
+    assert refresh.status != 200
+    assert secrets_in(await refresh.text(), victim["access_token"]) == []
+    assert await proxy.app[grants_key].grant_of_user("666") is None
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_an_older_versions_clear_index_waits_for_reencrypt(
+        aiohttp_client, proxy_config, mock, caplog):
+    import io
     import json
 
+    from proxy.admin import grants_reencrypt
     from proxy.app import cipher_for, create_app
-    from proxy.grants import SEALED_MARKER, Grant, GrantStore, token_hash
+    from proxy.grants import Grant, GrantStore, token_hash
     from proxy.store import open_store
     # A store as the version before sealing left it: index values in clear.
     store = await open_store(proxy_config.store.url, prefix=proxy_config.store.prefix)
@@ -547,10 +569,16 @@ async def test_an_older_versions_clear_index_is_sealed_once_at_start(
     await store.put(f"user:{VICTIM}", grant.grant_id.encode())
     await store.close()
 
+    # Not sealed at start-up (anyone with write access could plant such an
+    # entry): it opens nothing, and the log says what to run.
     proxy = await aiohttp_client(create_app(proxy_config))
+    assert (await proxy.get("/helix/users", headers=bearer(key))).status == 401
+    assert "run `twitch-proxy grants reencrypt` once" in caplog.text
+    # The operator runs it: the entries are sealed and work.
+    await grants_reencrypt(None, proxy_config, io.StringIO())
+    await proxy.app[grants_key].check_generation()
     assert (await proxy.get("/helix/users", headers=bearer(key))).status == 200
     assert await proxy.app[grants_key].grant_of_user(VICTIM) == grant.grant_id
-    assert await proxy.app[store_key].get(SEALED_MARKER) == b"1"
 
 
 async def test_a_login_keeps_a_chain_whose_access_token_only_expired(proxy, mock):
@@ -583,3 +611,62 @@ async def test_revoke_with_twitch_revokes_the_chains_earlier_access_tokens(proxy
     assert answer.status == 200
     for token in (earlier, refreshed["access_token"]):
         assert (await proxy.get("/helix/users", headers=bearer(token))).status == 401
+
+
+@pytest.mark.parametrize("config_flags", [{
+    "twitch.allowed_scopes": ("user:read:email", "chat:read")}])
+async def test_revoke_after_a_wider_login_takes_the_old_chains_access_token(proxy, mock):
+    first = await login(proxy)
+    await login(proxy, scope="user:read:email chat:read")  # a new chain
+    answer = await proxy.post("/revoke?twitch=true", headers=bearer(first["proxy_key"]))
+    assert answer.status == 200
+    assert (await proxy.get("/helix/users", headers=bearer(first["access_token"]))).status == 401
+
+
+async def test_access_tokens_the_grant_cannot_remember_are_revoked_at_once(proxy, mock):
+    from proxy.grants import MAX_EARLIER_ACCESS_TOKENS
+    first = await login(proxy)
+    kept = await (await proxy.post(
+        "/refresh", json={"refresh_token": first["refresh_token"]})).json()
+    current = kept
+    for _ in range(MAX_EARLIER_ACCESS_TOKENS + 1):  # push `kept` out of the grant's memory
+        current = await (await proxy.post(
+            "/refresh", json={"refresh_token": current["refresh_token"]})).json()
+    assert (await proxy.get("/helix/users", headers=bearer(kept["access_token"]))).status == 401
+    answer = await proxy.post("/revoke?twitch=true", headers=bearer(first["proxy_key"]))
+    assert answer.status == 200
+    assert (await proxy.get("/helix/users", headers=bearer(current["access_token"]))).status \
+        == 401
+
+
+async def test_a_user_index_naming_another_users_grant_gets_nothing(proxy, mock):
+    from proxy.grants import Grant
+    mock.add_user("5550001", "victim")
+    tokens = mock.issue_tokens("5550001", ["user:read:email"])
+    victim = Grant.new(user_id="5550001", login="victim", scopes=("user:read:email",),
+                       access_token=tokens["access_token"],
+                       refresh_token=tokens["refresh_token"], expires_at=10**10)
+    grants = proxy.app[grants_key]
+    await grants.create(victim)
+    # However the index came to name it (a bug, a restored backup): the
+    # signed-in user's login must not be handed the victim's grant.
+    name = f"user:{VICTIM}"
+    await proxy.app[store_key].put(name, grants._seal(name, victim.grant_id))
+    await grants.check_generation()
+    back = await _authorized(proxy)
+    answer = await proxy.get("/callback", params=back.query,
+                             headers={"Accept": "application/json"})
+    assert answer.status == 502
+    assert secrets_in(await answer.text(), tokens["access_token"], tokens["refresh_token"]) == []
+    stored = await grants.get(victim.grant_id)
+    assert stored.access_token == tokens["access_token"] and stored.user_id == "5550001"
+
+
+@pytest.mark.parametrize("config_flags", [{"limits.invalid_keys_per_minute": 3}])
+async def test_a_bare_token_twitch_stops_accepting_spends_again(proxy, mock):
+    token = mock.issue_tokens(VICTIM, [])["access_token"]
+    assert (await proxy.get("/helix/users", headers=bearer(token))).status == 200
+    mock.revoke(token)
+    statuses = [(await proxy.get("/helix/users", headers=bearer(token))).status
+                for _ in range(5)]
+    assert statuses == [401, 401, 401, 429, 429]

@@ -227,3 +227,20 @@ async def test_a_compressed_request_body_is_a_400(proxy, logs, path, encoding):
     if encoding != "br":  # an encoding aiohttp cannot decode is refused by its parser
         assert answer.json()["error"] == "invalid_request"
     assert_clean(logs)
+
+
+async def test_a_second_content_encoding_header_is_seen_too(proxy, logs):
+    answer = await send_raw(proxy, "POST", "/refresh",
+                            b"Content-Encoding: identity", b"Content-Encoding: gzip",
+                            b"Content-Type: application/json", body=b"\x1f\x8b broken")
+    assert answer.status == 400
+    assert answer.json()["error"] == "invalid_request"
+    assert_clean(logs)
+
+
+@pytest.mark.parametrize("config_flags", [{"server.trust_forwarded": True}], indirect=True)
+async def test_a_zone_id_cannot_carry_words_into_the_log(proxy, logs):
+    forged = "fe80::1%eth0 status=200 grant_id=g_deadbeef"
+    assert (await proxy.get("/healthz", headers={"X-Forwarded-For": forged})).status == 200
+    assert "client=unreadable " in logs.text.getvalue()
+    assert "g_deadbeef" not in logs.text.getvalue()

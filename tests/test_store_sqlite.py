@@ -390,7 +390,7 @@ async def test_a_database_in_a_directory_everyone_may_write_is_refused(tmp_path)
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)  # like /tmp: anyone could plant the -wal or -shm file first
-    with pytest.raises(StoreUnavailable, match="writable by every user"):
+    with pytest.raises(StoreUnavailable, match="not this user's alone"):
         await SQLiteStore.open(shared / "tokens.sqlite3")
     assert not (shared / "tokens.sqlite3").exists()
 
@@ -401,4 +401,19 @@ async def test_a_database_of_another_user_is_refused(tmp_path):
     database.touch(mode=0o600)
     os.chown(database, 65534, 65534)  # nobody
     with pytest.raises(StoreUnavailable, match="another user"):
+        await SQLiteStore.open(database)
+
+
+async def test_a_database_in_a_group_writable_directory_is_refused(tmp_path):
+    shared = tmp_path / "team"
+    shared.mkdir()
+    shared.chmod(0o2770)
+    with pytest.raises(StoreUnavailable, match="not this user's alone"):
+        await SQLiteStore.open(shared / "tokens.sqlite3")
+
+
+async def test_a_planted_wal_link_is_refused(tmp_path):
+    database = tmp_path / "tokens.sqlite3"
+    (tmp_path / "tokens.sqlite3-wal").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StoreUnavailable, match="not a file of this user's"):
         await SQLiteStore.open(database)

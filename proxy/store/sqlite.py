@@ -119,12 +119,22 @@ def _refuse_unsafe(database: Path) -> None:
 
     Refused (an :class:`OSError` saying why): a database that is a symbolic
     link (it would be written where the link points), one that is not a
-    regular file or belongs to another user, and one in a directory every
-    user may write to, where anyone could plant its -wal or -shm file first.
+    regular file or belongs to another user, one whose -wal, -shm or -journal
+    file is not this user's own file, and one in a directory that is not this
+    user's alone, where someone else could plant those files first.
     """
-    if database.parent.stat().st_mode & stat.S_IWOTH:
-        raise OSError(f"its directory {database.parent} is writable by every user; "
-                      "keep the database in a directory of its own")
+    directory = database.parent.stat()
+    if directory.st_mode & (stat.S_IWOTH | stat.S_IWGRP) or directory.st_uid != os.geteuid():
+        raise OSError(f"its directory {database.parent} is not this user's alone (others "
+                      "could plant its -wal or -shm file); keep the database in a directory "
+                      "of its own")
+    for companion in (database.with_name(database.name + s) for s in _COMPANIONS):
+        try:
+            owner = companion.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(owner.st_mode) or owner.st_uid != os.geteuid():
+            raise OSError(f"{companion} is not a file of this user's")
     try:
         descriptor = os.open(database, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
                              _PRIVATE)
