@@ -42,7 +42,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -292,8 +291,6 @@ class SharedAnswer:
     status: int
     headers: CIMultiDict[str] | CIMultiDictProxy[str]
     body: bytes
-    #: Whatever the fetching code wants its followers to know (the credential).
-    context: Any = None
 
     def frozen(self) -> SharedAnswer:
         """A copy whose headers nobody else holds."""
