@@ -5,14 +5,14 @@ and refresh token, their scopes and expiry, and whether it still works. This
 module maps grants onto the bytes-by-key :mod:`proxy.store` contract:
 
 =========================  =====================================================
-key                        value (JSON; grant records encrypted at rest)
+key                        value (JSON; all but states and claims encrypted)
 =========================  =====================================================
 ``grant:<grant_id>``       the :class:`Grant`, encrypted with the store cipher
-``user:<user_id>``         the grant id of that Twitch user's login (one per user;
-                           only a login writes it, and never over another grant)
-``key:<sha256(key)>``      ``{"grant_id", "key_id", "created_at"}``
-``rt:<sha256(token)>``     an *alias*: ``{"grant_id", "chain", "kind", "until"}``
-                           for a refresh token the proxy honours (see below)
+``user:<user_id>``         sealed: the grant id of that Twitch user's login (one
+                           per user; only a login writes it, never over another)
+``key:<sha256(key)>``      sealed: ``{"grant_id", "key_id", "created_at"}``
+``rt:<sha256(token)>``     sealed: an *alias* ``{"grant_id", "chain", "kind",
+                           "until"}`` for a refresh token the proxy honours
 ``state:<state>``          a pending /login (single use, expires)
 ``validated:<grant_id>``   who validates the grant this interval
                            (:mod:`proxy.validator`; expires)
@@ -26,8 +26,9 @@ token), ``rotated`` (one the proxy spent, honoured until ``until``: the replay
 window) or ``adopted`` (an old widget's own original token, proven at Twitch,
 honoured as long as the chain lives). :meth:`RefreshTokenRef.opens` is the
 whole rule. A chain ends when the grant is revoked, deleted or refused by
-Twitch (``chain`` becomes None) and when a new login replaces it; no alias of
-an ended chain opens anything again, whatever the grant becomes later.
+Twitch (``chain`` becomes None) and when a login replaces it (one that widens
+the scopes or finds the chain dead); no alias of an ended chain opens anything
+again, whatever the grant becomes later.
 
 Proxy keys and refresh tokens are only ever stored as SHA-256 hashes (they are
 long random strings, so a fast hash is enough). The values of ``key:``,
