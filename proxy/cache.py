@@ -89,7 +89,8 @@ class CachedGrantStore(GrantStore):
         # request). Only the store must never see it.
         self._keys: dict[str, KeyRecord] = {}
         self._grants: dict[str, Grant] = {}
-        self._aliases: dict[str, RefreshTokenRef] = {}  # sha256(refresh token) -> alias
+        # By the refresh token itself, like keys (hashing costs on the hot path).
+        self._aliases: dict[str, RefreshTokenRef] = {}
         # sha256(refresh token) -> (its index entry, trusted until this monotonic time)
         self._refresh_refs: dict[str, tuple[RefreshTokenRef, float]] = {}
         self._generation: bytes | None = None
@@ -126,7 +127,7 @@ class CachedGrantStore(GrantStore):
 
         None means "ask the refresher", which reads the store and decides.
         """
-        ref = self._aliases.get(token_hash(refresh_token))
+        ref = self._aliases.get(refresh_token)
         if ref is None:
             return None
         grant = await self.cached_grant(ref.grant_id)
@@ -163,7 +164,7 @@ class CachedGrantStore(GrantStore):
         lookup that raced with a change is not remembered.
         """
         if self._cacheable(epoch):
-            self._aliases[token_hash(refresh_token)] = ref
+            self._aliases[refresh_token] = ref
             self._grants.setdefault(grant.grant_id, grant)
 
     def remember(self, grant: Grant) -> None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,13 +52,14 @@ class Credential:
     access_token: str
     grant: Grant | None = None
 
-    @property
+    @functools.cached_property
     def bucket(self) -> str:
         """The name this credential is counted under, towards Twitch and here.
 
         Twitch keeps one rate-limit bucket per user for user tokens and one for
         the app token; a bare token counts alone, under its hash (never the
-        token itself: bucket names reach metrics).
+        token itself: bucket names reach metrics). Worked out once per
+        credential: a request asks for it several times.
         """
         grant = self.grant
         if grant is not None:

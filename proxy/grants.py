@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 #: Index prefixes whose values are sealed (see the module docstring).
 SEALED_PREFIXES = ("key:", "rt:", "user:")
+#: Set once a start-up scan found every index entry sealed (GrantStore.unsealed_entries).
+INDEX_CHECKED = "index:checked"
 
 #: How long a rotated refresh token stays in the index after it was spent.
 #: It opens nothing past ``auth.replay_window``; until this it is refused as
@@ -155,9 +157,8 @@ class Grant:
 
     def given_out(self) -> tuple[str, ...]:
         """Every token of the chain that may still work at Twitch: what revoking revokes."""
-        now = time.time()
-        earlier = tuple(token for token, until in self.earlier_access_tokens if until > now)
-        return (self.refresh_token, self.access_token, *earlier)
+        live = self.live_access_tokens(now=time.time())
+        return (self.refresh_token, *(token for token, _ in live))
 
     def __repr__(self) -> str:
         return (f"Grant(grant_id={self.grant_id!r}, login={self.login!r}, "
@@ -286,13 +287,22 @@ class GrantStore:
         return sealed.get("value")
 
     async def unsealed_entries(self) -> int:
-        """How many index entries open nothing because they are not sealed (start-up check)."""
+        """How many index entries open nothing because they are not sealed (start-up check).
+
+        The scan decrypts every entry, so it runs until one finds none: then
+        :data:`INDEX_CHECKED` spares later starts (and other workers) the
+        work. Deleting that marker only brings the scan, and its warning, back.
+        """
+        if await self.store.get(INDEX_CHECKED) is not None:
+            return 0
         count = 0
         for prefix in SEALED_PREFIXES:
             for name in await self.store.keys(prefix):
                 raw = await self.store.get(name)
                 if raw is not None and self._unseal(name, raw) is None:
                     count += 1
+        if not count:
+            await self.store.put(INDEX_CHECKED, b"1")
         return count
 
     async def seal_index(self, *, seal_clear: bool = False) -> int:
