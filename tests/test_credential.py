@@ -28,6 +28,15 @@ def pair(access_token: str, refresh_token: str) -> dict[str, str]:
     return {**bearer(access_token), "X-Refresh-Token": refresh_token}
 
 
+async def login_and_adopt(proxy) -> tuple[dict, dict[str, str]]:
+    """Log in, and use the login's pair once as an old widget would (its refresh token is
+    then an alias of the chain); the login's answer and the widget's headers."""
+    first = await login(proxy)
+    widget = pair(first["access_token"], first["refresh_token"])
+    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    return first, widget
+
+
 async def stored(proxy, prefix: str) -> list[str]:
     return await proxy.app[store_key].keys(prefix)
 
@@ -148,9 +157,7 @@ async def test_revoke_then_relogin_revives_no_old_refresh_token(proxy, mock):
 
 
 async def test_disconnect_on_twitch_then_relogin_revives_no_alias(proxy, mock):
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200  # adopted
+    first, widget = await login_and_adopt(proxy)
     mock.revoke_refresh_tokens(VICTIM)  # the user disconnects the app on Twitch
     dead = await proxy.get("/helix/users", headers=bearer(first["proxy_key"]))
     assert dead.status == 401
@@ -171,9 +178,7 @@ async def test_a_login_that_adds_nothing_keeps_the_chain(proxy, mock):
     # Any page can send the user's browser through /login; with nothing new
     # to grant, Twitch skips its consent page. That must not end the chain
     # that old widgets hold a pair of.
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    first, widget = await login_and_adopt(proxy)
     revokes = mock.calls["revoke"]
     second = await login(proxy)
     assert (await proxy.get("/helix/users", headers=widget)).status == 200
@@ -185,9 +190,7 @@ async def test_a_login_that_adds_nothing_keeps_the_chain(proxy, mock):
 @pytest.mark.parametrize("config_flags", [{
     "twitch.allowed_scopes": ("user:read:email", "chat:read")}])
 async def test_a_wider_login_ends_the_old_chains_aliases(proxy, mock):
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    first, widget = await login_and_adopt(proxy)
     await login(proxy, scope="user:read:email chat:read")
     assert (await proxy.get("/helix/users", headers=widget)).status == 401
     assert (await proxy.get("/helix/users", headers=bearer(first["proxy_key"]))).status == 200
@@ -196,9 +199,7 @@ async def test_a_wider_login_ends_the_old_chains_aliases(proxy, mock):
 @pytest.mark.parametrize("config_flags", [{
     "twitch.allowed_scopes": ("user:read:email", "chat:read")}])
 async def test_an_old_pair_in_flight_during_a_login_never_gets_the_new_chain(proxy, mock):
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    first, widget = await login_and_adopt(proxy)
     mock.helix_delay = 0.5
     seen = len(mock.helix_requests)
     in_flight = asyncio.ensure_future(proxy.get("/helix/users", headers=widget))
@@ -257,9 +258,7 @@ async def test_a_rotated_token_expires_after_the_window_on_helix_too(proxy, mock
 
 
 async def test_grants_delete_ends_every_alias(proxy, mock):
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    first, widget = await login_and_adopt(proxy)
     grant = await grant_of_key(proxy, first["proxy_key"])
     assert await proxy.app[grants_key].delete(grant.grant_id)
     calls = mock.calls["token:refresh_token"]
@@ -271,9 +270,7 @@ async def test_grants_delete_ends_every_alias(proxy, mock):
 
 
 async def test_a_shared_get_never_hands_an_old_widgets_tokens_to_a_key_caller(proxy, mock):
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    first, widget = await login_and_adopt(proxy)
     mock.helix_delay = 0.3
     seen = len(mock.helix_requests)
     leader = asyncio.ensure_future(proxy.get("/helix/users", headers=widget))
@@ -287,9 +284,7 @@ async def test_a_shared_get_never_hands_an_old_widgets_tokens_to_a_key_caller(pr
 
 
 async def test_old_widget_followers_get_their_own_current_pair(proxy, mock):
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    first, widget = await login_and_adopt(proxy)
     mock.helix_delay = 0.3
     seen = len(mock.helix_requests)
     # A proxy-key caller leads; old widgets of the same grant ask meanwhile.
@@ -309,9 +304,7 @@ async def test_old_widget_followers_get_their_own_current_pair(proxy, mock):
 
 @pytest.mark.parametrize("config_flags", [{"helix.cache": {"/users": 30}}])
 async def test_old_widget_answers_are_cached_like_everyone_elses(proxy, mock):
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    first, widget = await login_and_adopt(proxy)
     before = len(mock.helix_requests)
     again = await proxy.get("/helix/users", headers=widget)
     assert again.status == 200
@@ -582,18 +575,14 @@ async def test_an_older_versions_clear_index_waits_for_reencrypt(
 
 
 async def test_a_login_keeps_a_chain_whose_access_token_only_expired(proxy, mock):
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    first, widget = await login_and_adopt(proxy)
     mock.expire_access_tokens()  # hours later: expired, but the chain is fine
     await login(proxy)  # e.g. forced by a page the user visits
     assert (await proxy.get("/helix/users", headers=widget)).status == 200
 
 
 async def test_a_login_replaces_a_chain_twitch_ended(proxy, mock):
-    first = await login(proxy)
-    widget = pair(first["access_token"], first["refresh_token"])
-    assert (await proxy.get("/helix/users", headers=widget)).status == 200
+    first, widget = await login_and_adopt(proxy)
     mock.revoke_refresh_tokens(VICTIM)  # a password change the proxy has not noticed yet
     second = await login(proxy)
     assert second["refresh_token"] != first["refresh_token"]
@@ -670,3 +659,23 @@ async def test_a_bare_token_twitch_stops_accepting_spends_again(proxy, mock):
     statuses = [(await proxy.get("/helix/users", headers=bearer(token))).status
                 for _ in range(5)]
     assert statuses == [401, 401, 401, 429, 429]
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_the_start_up_scan_of_the_index_runs_until_it_finds_it_sealed(proxy, mock):
+    await login(proxy)
+    grants = proxy.app[grants_key]
+    store = proxy.app[store_key]
+    scanned: list[str] = []
+    keys = store.keys
+
+    async def counting_keys(prefix: str) -> list[str]:
+        scanned.append(prefix)
+        return await keys(prefix)
+
+    store.keys = counting_keys
+    assert await grants.unsealed_entries() == 0  # the app's start found it sealed already
+    assert scanned == []
+    await store.delete("index:checked")  # deleting the marker only brings the scan back
+    assert await grants.unsealed_entries() == 0
+    assert scanned == ["key:", "rt:", "user:"]

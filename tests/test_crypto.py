@@ -177,6 +177,23 @@ async def test_key_rotation_new_key_first_then_reencrypt(twitch_server, mock, tm
         await read_all(old_key)
 
 
+async def assert_server_and_admin_refuse(tmp_path, env: dict[str, str], message: str, *,
+                                         secrets: tuple[str, ...]) -> None:
+    """The server and an admin command both stop with exit code 2 and ``message``, with no
+    traceback and none of ``secrets`` in what they print."""
+    for command in (["--port", "0"], ["grants", "list"]):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", *command, cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        text = out.decode() + err.decode()
+        assert process.returncode == 2, text
+        assert message in err.decode()
+        assert "Traceback" not in text
+        for secret in secrets:
+            assert secret not in text
+
+
 async def test_a_wrong_key_is_one_clear_startup_error(twitch_server, mock, tmp_path):
     url = f"sqlite:///{tmp_path}/tokens.sqlite3"
     seeded = await seed_grants(
@@ -205,17 +222,9 @@ async def test_the_server_command_exits_with_the_wrong_key_message(twitch_server
                TWITCH_HELIX_URL=f"{mock_url(twitch_server)}/helix", TOKEN_STORE_URL=url,
                TOKEN_ENCRYPTION_KEY=Fernet.generate_key().decode())
 
-    for command in (["--port", "0"], ["grants", "list"]):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", *command, cwd=tmp_path, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        text = out.decode() + err.decode()
-        assert process.returncode == 2, text
-        assert "cannot be decrypted with the configured encryption key" in err.decode()
-        assert "Traceback" not in text
-        for secret in (grant.access_token, grant.refresh_token, env["TOKEN_ENCRYPTION_KEY"]):
-            assert secret not in text
+    await assert_server_and_admin_refuse(
+        tmp_path, env, "cannot be decrypted with the configured encryption key",
+        secrets=(grant.access_token, grant.refresh_token, env["TOKEN_ENCRYPTION_KEY"]))
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -362,14 +371,6 @@ async def test_the_commands_exit_with_the_unsafe_key_file_message(twitch_server,
                TWITCH_ID_URL=mock_url(twitch_server),
                TWITCH_HELIX_URL=f"{mock_url(twitch_server)}/helix", TOKEN_STORE_URL=url)
 
-    for command in (["--port", "0"], ["grants", "list"]):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", *command, cwd=tmp_path, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        text = out.decode() + err.decode()
-        assert process.returncode == 2, text
-        assert f"refusing the encryption key file {key_file}" in err.decode()
-        assert "Traceback" not in text
-        for secret in (grant.access_token, grant.refresh_token, key):
-            assert secret not in text
+    await assert_server_and_admin_refuse(
+        tmp_path, env, f"refusing the encryption key file {key_file}",
+        secrets=(grant.access_token, grant.refresh_token, key))

@@ -237,16 +237,21 @@ async def test_bytes_after_a_whole_answer_close_the_connection(serve, client, ex
     assert server.connections == 2
 
 
-@pytest.mark.parametrize("delivered", [True, False], ids=["read-while-idle", "still-unread"])
-async def test_an_answer_sent_while_the_connection_is_idle_closes_it(serve, client, delivered):
-    writers: list[asyncio.StreamWriter] = []
-
+def echo_keeping_writers(writers: list[asyncio.StreamWriter]):
+    """A server behaviour that echoes each target and keeps each connection's writer,
+    so that a test can send more on a connection the client thinks is idle."""
     async def echo(request: bytes, writer: asyncio.StreamWriter) -> bool:
         writers.append(writer)
         writer.write(ok(target(request)))
         return True
 
-    server = await serve(echo)
+    return echo
+
+
+@pytest.mark.parametrize("delivered", [True, False], ids=["read-while-idle", "still-unread"])
+async def test_an_answer_sent_while_the_connection_is_idle_closes_it(serve, client, delivered):
+    writers: list[asyncio.StreamWriter] = []
+    server = await serve(echo_keeping_writers(writers))
     assert await fetch(client, server.url("/first")) == (200, b"/first")
     await asyncio.sleep(0.05)  # idle in the pool
     writers[0].write(ok(b"/nobody-asked"))  # on loopback, in the client's socket at once
@@ -260,13 +265,7 @@ async def test_an_answer_sent_while_the_connection_is_idle_closes_it(serve, clie
 
 async def test_a_connection_the_server_closed_is_not_reused_even_unread(serve, client):
     writers: list[asyncio.StreamWriter] = []
-
-    async def echo(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writers.append(writer)
-        writer.write(ok(target(request)))
-        return True
-
-    server = await serve(echo)
+    server = await serve(echo_keeping_writers(writers))
     assert await fetch(client, server.url("/first")) == (200, b"/first")
     writers[0].get_extra_info("socket").shutdown(socket.SHUT_WR)  # the server's FIN, unread
     # A POST is never retried: it must not be sent on the closed connection.
