@@ -148,10 +148,10 @@ class ProxySetup:
 
     async def seed(self) -> dict[str, str]:
         """A grant with a proxy key, and an old widget's adopted pair, in the store."""
-        from proxy.app import cipher_for
         from proxy.config import load_config
-        from proxy.grants import Grant, GrantStore
+        from proxy.core.grants import Grant, GrantStore
         from proxy.store import open_store
+        from proxy.web.app import cipher_for
 
         config = load_config(path=self.config_file(), environ=self.env(0))
         store = await open_store(config.store.url, prefix=config.store.prefix)

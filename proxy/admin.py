@@ -44,14 +44,14 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from .app import cipher_for
-from .cache import CachedGrantStore
 from .config import Config
+from .core.grant_cache import CachedGrantStore
+from .core.grants import Grant, GrantStore
+from .core.refresh import Refresher
 from .errors import DecryptionFailed, KeyFileError, ProxyError, TwitchRefused
-from .grants import Grant, GrantStore
-from .refresh import Refresher
 from .store import open_store, sqlite_path, store_is_shared
-from .twitch import TwitchClient
+from .upstream.twitch import TwitchClient
+from .web.app import cipher_for
 
 __all__ = ["AdminError", "add_subcommands", "run"]
 

@@ -22,11 +22,11 @@ from typing import Any
 from aiohttp import web
 
 from . import admin
-from .app import cipher_for, create_app
 from .config import Config, ConfigError, env_table, load_config
 from .errors import DecryptionFailed, KeyFileError
-from .logs import config_secrets, setup_logging
 from .server import serve
+from .telemetry.logs import config_secrets, setup_logging
+from .web.app import cipher_for, create_app
 
 __all__ = ["build_parser", "main"]
 

@@ -37,8 +37,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import create_app
 from .config import Config
+from .web.app import create_app
 
 __all__ = ["serve", "ssl_context"]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from proxy.app import create_app
 from proxy.config import load_config
 from proxy.mock_twitch import MockTwitch, create_mock_app, mock_twitch_key
+from proxy.web.app import create_app
 from tests.helpers import proxy_config_flags
 
 # ---------------------------------------------------------------------------

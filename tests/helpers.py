@@ -58,9 +58,9 @@ async def seed_grants(config: Any, mock: MockTwitch, count: int) -> list[Any]:
     Returns the grants (with their tokens); the store is closed again, so an app
     started afterwards finds them there.
     """
-    from proxy.app import cipher_for
-    from proxy.grants import Grant, GrantStore
+    from proxy.core.grants import Grant, GrantStore
     from proxy.store import open_store
+    from proxy.web.app import cipher_for
 
     store = await open_store(config.store.url, prefix=config.store.prefix)
     grants = GrantStore(store, cipher_for(config))

@@ -1,0 +1,1 @@
+"""Logs and metrics: what the proxy tells its operator, never a token."""

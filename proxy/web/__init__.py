@@ -1,0 +1,1 @@
+"""The aiohttp application: routes, middlewares and the AppKeys that hold the services."""

@@ -1,0 +1,1 @@
+"""Middlewares, in the order proxy.web.app installs them."""
