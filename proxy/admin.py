@@ -45,11 +45,12 @@ from typing import Any, TextIO
 import aiohttp
 
 from .config import Config
+from .config.store_url import sqlite_path, store_is_shared
 from .core.grant_cache import CachedGrantStore
 from .core.grants import Grant, GrantStore
 from .core.refresh import Refresher
 from .errors import DecryptionFailed, KeyFileError, ProxyError, TwitchRefused
-from .store import open_store, sqlite_path, store_is_shared
+from .store import open_store
 from .upstream.twitch import TwitchClient
 from .web.app import cipher_for
 

@@ -2,7 +2,8 @@
 
 Grant records are encrypted with Fernet (AES-128-CBC + HMAC-SHA256, from
 ``cryptography``). ``TOKEN_ENCRYPTION_KEY`` holds one or more comma-separated
-keys: the first encrypts, all decrypt, so a key is rotated by putting the new
+keys (parsed by :func:`proxy.config.encryption_keys.parse_keys`): the first
+encrypts, all decrypt, so a key is rotated by putting the new
 one first and re-saving (``twitch-proxy grants reencrypt``) before dropping
 the old one. For the SQLite default without a configured key, a key file is
 created beside the database (mode 0600) on first start, under a random
@@ -13,13 +14,11 @@ store keeps nothing on disk and is not encrypted.
 
 from __future__ import annotations
 
-import base64
 import errno
 import logging
 import os
 import secrets
 import stat
-import string
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -27,8 +26,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from ..config.secret import Secret
 from ..errors import DecryptionFailed, KeyFileError
 
-__all__ = ["Cipher", "FernetCipher", "PlainCipher", "key_file_for", "load_or_create_key_file",
-           "parse_keys"]
+__all__ = ["Cipher", "FernetCipher", "PlainCipher", "key_file_for", "load_or_create_key_file"]
 
 log = logging.getLogger(__name__)
 
@@ -74,34 +72,6 @@ class FernetCipher(Cipher):
                 "change keys, put the new key first and keep the old one after it until "
                 "`twitch-proxy grants reencrypt` has run"
             ) from None
-
-
-def _as_fernet_key(text: str) -> Secret:
-    """``text``, or the same 32 bytes in Fernet's encoding when given as 64 hex digits.
-
-    Heroku's app.json ``"generator": "secret"`` makes 64 hex digits: 32 random
-    bytes, exactly a Fernet key's material, so a one-click deploy needs no
-    manual key.
-    """
-    if len(text) == 64 and all(c in string.hexdigits for c in text):
-        return Secret(base64.urlsafe_b64encode(bytes.fromhex(text)).decode())
-    return Secret(text)
-
-
-def parse_keys(value: Secret) -> list[Secret]:
-    """Split a comma-separated key list; raise ValueError naming the bad position."""
-    keys = [_as_fernet_key(part.strip()) for part in value.reveal().split(",") if part.strip()]
-    for position, key in enumerate(keys, 1):
-        try:
-            Fernet(key.reveal().encode())
-        except (ValueError, TypeError):
-            raise ValueError(
-                f"key {position} of TOKEN_ENCRYPTION_KEY is not a Fernet key "
-                "(32 url-safe base64-encoded bytes; make one with "
-                "`python -c 'from cryptography.fernet import Fernet; "
-                "print(Fernet.generate_key().decode())'`)"
-            ) from None
-    return keys
 
 
 def key_file_for(database: Path) -> Path:

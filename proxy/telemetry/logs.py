@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TextIO, TypeAlias
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from ..store.crypto import parse_keys
+from ..config.encryption_keys import parse_keys
 
 if TYPE_CHECKING:
     from ..config import Config

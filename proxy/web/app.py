@@ -31,18 +31,19 @@ import aiohttp
 from aiohttp import web
 
 from ..config import Config
+from ..config.encryption_keys import parse_keys
+from ..config.store_url import sqlite_path
 from ..core.grant_cache import CachedGrantStore, setup_cache
 from ..core.limits import abuse_middleware, handler_args, setup_abuse
 from ..core.refresh import AppTokenProvider, Refresher
 from ..core.validator import setup_validator
 from ..errors import StoreUnavailable, error_middleware
-from ..store import open_store, sqlite_path
+from ..store import open_store
 from ..store.crypto import (
     Cipher,
     FernetCipher,
     PlainCipher,
     load_or_create_key_file,
-    parse_keys,
 )
 from ..telemetry.metrics import setup_metrics
 from ..upstream.helix_client import HelixClient

@@ -17,11 +17,12 @@ from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
 from proxy.config import load_config
+from proxy.config.encryption_keys import parse_keys
 from proxy.config.secret import Secret
 from proxy.core.grants import GrantStore
 from proxy.errors import DecryptionFailed, KeyFileError
 from proxy.store import open_store
-from proxy.store.crypto import FernetCipher, key_file_for, load_or_create_key_file, parse_keys
+from proxy.store.crypto import FernetCipher, key_file_for, load_or_create_key_file
 from proxy.web.app import create_app
 from proxy.web.keys import grants_key
 from tests.helpers import login, proxy_config_flags, seed_grants

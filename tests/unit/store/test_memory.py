@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.store import MemoryStore, open_store, store_is_shared
+from proxy.config.store_url import store_is_shared
+from proxy.store import MemoryStore, open_store
 from tests.store_contract import StoreContract
 
 

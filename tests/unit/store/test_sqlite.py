@@ -13,8 +13,9 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from proxy.config.store_url import sqlite_path, store_is_shared
 from proxy.errors import StoreUnavailable
-from proxy.store import SQLiteStore, open_store, sqlite_path, store_is_shared
+from proxy.store import SQLiteStore, open_store
 from tests.store_contract import StoreContract
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
