@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from proxy.errors import HelixTransportError
 from proxy.upstream.helix_client import HelixClient
-from tests.unit.upstream.test_helix_client import ScriptedServer, target
+from tests.unit.upstream.helix_client.scripted_server import ScriptedServer, target
 
 
 def tagged(tag: str, *, chunked: bool = False, closes: bool = False) -> bytes:
