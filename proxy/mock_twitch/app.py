@@ -15,7 +15,9 @@ from aiohttp import web
 from yarl import URL
 
 from .control import ControlEndpoints
-from .helix import HelixEndpoints
+from .eventsub_helix import EVENTSUB_ROUTES
+from .eventsub_socket import EventSubSocketEndpoint
+from .helix import HELIX_ROUTES, HelixEndpoints
 from .oauth import OAuthEndpoints
 from .state import USER_ACCESS_TTL, MockTwitch
 
@@ -29,6 +31,11 @@ async def _release_held_refreshes(app: web.Application) -> None:
     held = app[mock_twitch_key].hold_refresh
     if held is not None:
         held.set()
+
+
+async def _close_eventsub_sockets(app: web.Application) -> None:
+    # Shutdown waits for running handlers, and a WebSocket's runs until it closes.
+    await app[mock_twitch_key].eventsub.close_all()
 
 
 def create_mock_app(
@@ -54,8 +61,10 @@ def create_mock_app(
     app = web.Application()
     app[mock_twitch_key] = mock
     app.on_shutdown.append(_release_held_refreshes)
+    app.on_shutdown.append(_close_eventsub_sockets)
     app.add_routes(OAuthEndpoints(mock).routes())
-    app.add_routes(HelixEndpoints(mock).routes())
+    app.add_routes(HelixEndpoints(mock, {**HELIX_ROUTES, **EVENTSUB_ROUTES}).routes())
+    app.add_routes(EventSubSocketEndpoint(mock.eventsub).routes())
     app.add_routes(ControlEndpoints(mock).routes())
     return app
 

@@ -2,7 +2,8 @@
 
 ``/helix/users``, ``/helix/streams``, ``/helix/subscriptions``,
 ``POST /helix/chat/messages``, ``PATCH /helix/channels`` and any ``DELETE``
-answer like Twitch; every other path is a 404. Every request is recorded in
+answer like Twitch, plus the routes the app adds (``/helix/eventsub/subscriptions``
+from :mod:`.eventsub_helix`); every other path is a 404. Every request is recorded in
 :attr:`MockTwitch.helix_requests` before anything else looks at it.
 """
 
@@ -12,7 +13,7 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 
 from aiohttp import web
@@ -21,12 +22,12 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from .records import AccessToken, HelixRequest, User
 from .state import MockTwitch
 
-__all__ = ["HELIX_MAX_IDS", "HelixEndpoints"]
+__all__ = ["HELIX_MAX_IDS", "HELIX_ROUTES", "HelixEndpoints", "HelixHandler", "helix_error"]
 
 HELIX_MAX_IDS = 100
 
 
-def _helix_error(status: int, message: str) -> web.Response:
+def helix_error(status: int, message: str) -> web.Response:
     """A Helix error: ``{"error": <reason>, "status": ..., "message": ...}``."""
     body = {"error": HTTPStatus(status).phrase, "status": status, "message": message}
     return web.json_response(body, status=status)
@@ -37,7 +38,7 @@ HelixHandler = Callable[[MockTwitch, AccessToken, MultiMapping[str], bytes], web
 
 def _missing_scope(access: AccessToken, scope: str) -> web.Response | None:
     if access.user_id is None or scope not in access.scopes:
-        return _helix_error(401, f"Missing scope: {scope}")
+        return helix_error(401, f"Missing scope: {scope}")
     return None
 
 
@@ -46,12 +47,12 @@ def _helix_users(
 ) -> web.Response:
     wanted = [(name, value) for name, value in query.items() if name in ("id", "login")]
     if len(wanted) > HELIX_MAX_IDS:
-        return _helix_error(
+        return helix_error(
             400, "The sum of the number of id and login parameters must not exceed 100"
         )
     if not wanted:
         if access.user_id is None:
-            return _helix_error(400, "Must provide an ID, Login or OAuth Token.")
+            return helix_error(400, "Must provide an ID, Login or OAuth Token.")
         wanted = [("id", access.user_id)]
     found: list[User] = []
     for name, value in wanted:
@@ -83,14 +84,14 @@ def _helix_streams(
     user_ids = set(query.getall("user_id", []))
     logins = {login.lower() for login in query.getall("user_login", [])}
     if len(user_ids) + len(logins) > HELIX_MAX_IDS:
-        return _helix_error(400, "too many user_id and user_login parameters")
+        return helix_error(400, "too many user_id and user_login parameters")
     try:
         first = int(query.get("first", "20"))
         offset = _decode_cursor(query["after"]) if "after" in query else 0
     except ValueError:
-        return _helix_error(400, "Invalid first or after parameter")
+        return helix_error(400, "Invalid first or after parameter")
     if not 1 <= first <= HELIX_MAX_IDS:
-        return _helix_error(400, "first must be between 1 and 100")
+        return helix_error(400, "first must be between 1 and 100")
     streams = [
         stream
         for stream in state.streams.values()
@@ -111,9 +112,9 @@ def _helix_subscriptions(
         return refusal
     broadcaster_id = query.get("broadcaster_id")
     if not broadcaster_id:
-        return _helix_error(400, 'Missing required parameter "broadcaster_id"')
+        return helix_error(400, 'Missing required parameter "broadcaster_id"')
     if broadcaster_id != access.user_id:
-        return _helix_error(403, "broadcaster_id must match the user in the OAuth token")
+        return helix_error(403, "broadcaster_id must match the user in the OAuth token")
     return web.json_response({"data": [], "pagination": {}, "total": 0, "points": 0})
 
 
@@ -125,14 +126,14 @@ def _helix_chat_message(
     try:
         message = json.loads(body)
     except ValueError:
-        return _helix_error(400, "Invalid JSON body")
+        return helix_error(400, "Invalid JSON body")
     if not isinstance(message, dict):
-        return _helix_error(400, "Invalid JSON body")
+        return helix_error(400, "Invalid JSON body")
     for name in ("broadcaster_id", "sender_id", "message"):
         if not isinstance(message.get(name), str) or not message[name]:
-            return _helix_error(400, f'Missing required parameter "{name}"')
+            return helix_error(400, f'Missing required parameter "{name}"')
     if message["sender_id"] != access.user_id:
-        return _helix_error(403, "The sender must be the user in the OAuth token")
+        return helix_error(403, "The sender must be the user in the OAuth token")
     state.sent_chat_messages.append(message)
     return web.json_response({"data": [{"message_id": str(uuid.uuid4()), "is_sent": True}]})
 
@@ -141,7 +142,7 @@ def _helix_no_content(
     state: MockTwitch, access: AccessToken, query: MultiMapping[str], body: bytes
 ) -> web.Response:
     if access.user_id is None:
-        return _helix_error(401, "Missing User OAUTH Token")
+        return helix_error(401, "Missing User OAUTH Token")
     return web.Response(status=204)
 
 
@@ -159,19 +160,25 @@ def _helix_authenticate(state: MockTwitch, request: web.Request) -> AccessToken 
     scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
     value = value.strip()
     if not value:
-        return _helix_error(401, "OAuth token is missing")
+        return helix_error(401, "OAuth token is missing")
     access = state.live_access_token(value) if scheme.lower() == "bearer" else None
     if access is None:
-        return _helix_error(401, "Invalid OAuth token")
+        return helix_error(401, "Invalid OAuth token")
     client_id = request.headers.get("Client-Id", "")
     if not client_id:
-        return _helix_error(401, "Client-Id header required")
+        return helix_error(401, "Client-Id header required")
     if client_id != access.client_id:
-        return _helix_error(401, "Client ID and OAuth token do not match")
+        return helix_error(401, "Client ID and OAuth token do not match")
     return access
 
 
-def _helix_answer(state: MockTwitch, request: web.Request, path: str, body: bytes) -> web.Response:
+def _helix_answer(
+    state: MockTwitch,
+    routes: Mapping[tuple[str, str], HelixHandler],
+    request: web.Request,
+    path: str,
+    body: bytes,
+) -> web.Response:
     """The answer once recorded and past any queued failure: auth, rate limit, route."""
     access = _helix_authenticate(state, request)
     if isinstance(access, web.Response):
@@ -184,22 +191,29 @@ def _helix_answer(state: MockTwitch, request: web.Request, path: str, body: byte
         bucket = f"user:{access.client_id}:{access.user_id}"
     allowed, headers = state.ratelimit(bucket, consume=True)
     if not allowed:
-        response = _helix_error(429, "Too Many Requests")
+        response = helix_error(429, "Too Many Requests")
+    elif (handler := routes.get((request.method, path))) is not None:
+        response = handler(state, access, request.query, body)
     elif request.method == "DELETE":
         response = _helix_no_content(state, access, request.query, body)
-    elif (handler := HELIX_ROUTES.get((request.method, path))) is not None:
-        response = handler(state, access, request.query, body)
     else:
-        response = _helix_error(404, "")
+        response = helix_error(404, "")
     response.headers.update(headers)
     return response
 
 
 class HelixEndpoints:
-    """The ``/helix/*`` handler, answering from one :class:`MockTwitch`."""
+    """The ``/helix/*`` handler, answering from one :class:`MockTwitch`.
 
-    def __init__(self, state: MockTwitch) -> None:
+    ``routes`` maps (method, path after ``/helix``) to handlers; by default
+    :data:`HELIX_ROUTES`. Any other ``DELETE`` is a 204, any other path a 404.
+    """
+
+    def __init__(
+        self, state: MockTwitch, routes: Mapping[tuple[str, str], HelixHandler] = HELIX_ROUTES
+    ) -> None:
         self._state = state
+        self._routes = routes
 
     def routes(self) -> list[web.RouteDef]:
         """The route to add to the mock's app: every method, every path under /helix."""
@@ -225,7 +239,7 @@ class HelixEndpoints:
             await asyncio.sleep(state.helix_delay)
         if failure is not None:
             return failure  # stands for something in front of Helix: no Helix headers
-        response = _helix_answer(state, request, path, body)
+        response = _helix_answer(state, self._routes, request, path, body)
         # Twitch sets cookies on API responses; a proxy must not pass them to widgets.
         response.headers.add("Set-Cookie", "twitch_mock=1; Path=/; Secure; HttpOnly")
         # Like Twitch, compress when the caller's Accept-Encoding allows (gzip or deflate).

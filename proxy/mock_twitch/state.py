@@ -2,7 +2,8 @@
 
 :class:`MockTwitch` is plain state (creating one does no I/O) shared by the
 handlers of :mod:`~proxy.mock_twitch.oauth`, :mod:`~proxy.mock_twitch.helix`
-and :mod:`~proxy.mock_twitch.control`.
+and :mod:`~proxy.mock_twitch.control`; its ``eventsub`` attribute holds the
+EventSub sessions (:mod:`~proxy.mock_twitch.eventsub_state`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .eventsub_state import EventSubState
 from .records import (
     AccessToken,
     AuthorizationCode,
@@ -106,6 +108,8 @@ class MockTwitch:
         self.spent_refresh_tokens: set[str] = set()
         self.streams: dict[str, Stream] = {}
         self._ratelimit_buckets: dict[str, _RateLimitBucket] = {}
+        # EventSub over WebSocket: sessions, subscriptions, sent frames and their knobs.
+        self.eventsub = EventSubState(self.now, self.names_of)
 
         self.add_user(
             DEFAULT_USER_ID,
@@ -146,6 +150,13 @@ class MockTwitch:
             offline_image_url="https://static-cdn.jtvnw.net/jtv_user_pictures/"
             f"{login}-channel_offline_image-1920x1080.png",
         )
+
+    def names_of(self, user_id: str) -> tuple[str, str]:
+        """(login, display name) of a user; made up from the id for one the mock lacks."""
+        user = self.users.get(user_id)
+        if user is None:
+            return f"user{user_id}", f"User{user_id}"
+        return user.login, user.display_name
 
     def user_by_login(self, login: str) -> User | None:
         """Return the user with that login (case-insensitive), if any."""
