@@ -1,0 +1,449 @@
+"""One grant's live events: its EventSub sockets, shared subscriptions and widgets.
+
+A :class:`GrantChannel` holds, for one grant:
+
+- the widgets listening (each an :class:`~proxy.core.relay_stream.Outbox`) and
+  the grant's :class:`~proxy.core.relay_stream.ResumeBuffer`;
+- the subscriptions they want, one entry per (type, version, condition) with
+  the widgets that want it: the first widget creates it at Twitch, the last
+  one to leave deletes it ``grace`` seconds later (a reloading widget does not
+  cost a delete and a create);
+- its EventSub sockets: one, unless more than ``per_socket`` subscriptions
+  need another (at most ``max_sockets``, Twitch's limit per user). A socket is
+  opened when a subscription needs one and created on right after its welcome
+  (Twitch closes an unused connection with 4003).
+
+Twitch's limits are kept here before Twitch enforces them: a subscription that
+would take the grant past ``max_total_cost`` or past the sockets' capacity is
+refused with an ``error`` event to the widgets that asked, without a call.
+
+When a socket's session ends and :class:`~proxy.upstream.eventsub.SessionEnded`
+says to retry, the widgets of its subscriptions get a ``gap`` event (Twitch
+does not replay what it sent meanwhile) and every subscription still wanted
+is created again on a new socket, with backoff when sessions keep dying
+young. A session that must not be retried gets its widgets an ``error`` and
+ends their streams. A grant Twitch no longer accepts ends everything with a
+``reauthorization_required`` event carrying the login URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import ProxyError, ReauthorizationRequired
+from ..upstream.eventsub import EventSubMessage, SessionEnded
+from .relay_catalog import SubscriptionKey, subscription_cost
+from .relay_stream import Outbox, ResumeBuffer, encode_frame
+from .relay_twitch import CreatedSubscription, SubscriptionRefused
+
+__all__ = ["EventSubConnection", "GrantChannel", "RelaySettings", "SubscriptionApi"]
+
+log = logging.getLogger(__name__)
+
+#: A session that lived this long before it died was healthy: backoff starts over.
+_HEALTHY_SESSION = 60.0
+
+
+class EventSubConnection(Protocol):
+    """What the channel needs of a socket (:class:`~proxy.upstream.eventsub.EventSubSocket`)."""
+
+    async def connect(self) -> str: ...
+
+    def messages(self) -> AsyncIterator[EventSubMessage]: ...
+
+    async def close(self) -> None: ...
+
+
+class SubscriptionApi(Protocol):
+    """What the channel needs of Twitch's subscriptions API (:mod:`.relay_twitch`)."""
+
+    async def create(self, grant_id: str, key: SubscriptionKey,
+                     session_id: str) -> CreatedSubscription: ...
+
+    async def delete(self, grant_id: str, subscription_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """The relay's knobs; defaults are Twitch's limits and the documented behaviour."""
+
+    grace: float = 60.0
+    buffer_events: int = 200
+    buffer_age: float = 600.0
+    per_socket: int = 300
+    max_sockets: int = 3
+    max_total_cost: int = 10
+    outbox_limit: int = 1000
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+@dataclass(eq=False)
+class _Link:
+    """One EventSub socket and the subscriptions placed on it."""
+
+    socket: EventSubConnection
+    session_id: str
+    opened_at: float
+    keys: set[SubscriptionKey] = field(default_factory=set)
+    dead: bool = False
+
+
+@dataclass(eq=False)
+class _Wanted:
+    """One shared subscription and the widgets that want it."""
+
+    key: SubscriptionKey
+    cost: int
+    keyset: frozenset[SubscriptionKey]
+    listeners: set[Outbox] = field(default_factory=set)
+    link: _Link | None = None
+    twitch_id: str | None = None
+    task: asyncio.Task[None] | None = None
+    release: asyncio.TimerHandle | None = None
+
+
+def _subscription_fields(key: SubscriptionKey) -> dict[str, Any]:
+    return {"subscription_type": key.type, "subscription_version": key.version,
+            "condition": key.condition_dict()}
+
+
+class GrantChannel:
+    """One grant's sockets, subscriptions and widgets; see the module docstring."""
+
+    def __init__(self, grant_id: str, user_id: str, *, api: SubscriptionApi,
+                 open_socket: Callable[[], EventSubConnection], login_url: str,
+                 settings: RelaySettings, on_idle: Callable[[GrantChannel], None]) -> None:
+        self.grant_id = grant_id
+        self.user_id = user_id
+        self.buffer = ResumeBuffer(max_events=settings.buffer_events,
+                                   max_age=settings.buffer_age)
+        self.outboxes: set[Outbox] = set()
+        #: None while working; why it stopped once it did (a new channel takes over).
+        self.ended: str | None = None
+        self._api = api
+        self._open_socket = open_socket
+        self._login_url = login_url
+        self._settings = settings
+        self._on_idle = on_idle
+        self._wanted: dict[SubscriptionKey, _Wanted] = {}
+        self._by_twitch_id: dict[str, _Wanted] = {}
+        self._links: list[_Link] = []
+        self._connecting = asyncio.Lock()
+        self._drops = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle: asyncio.TimerHandle | None = None
+
+    # -- widgets ---------------------------------------------------------------------
+
+    def join(self, outbox: Outbox, last_event_id: str | None) -> None:
+        """Add a widget: replay what it missed (or say it cannot), then want its keys."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if last_event_id:
+            missed = self.buffer.since(last_event_id)
+            if missed is None:
+                outbox.put(encode_frame("gap", {
+                    "reason": "resume_unavailable",
+                    "message": "Events since your Last-Event-ID are no longer kept; some "
+                               "may have been missed."}, event_id=self.buffer.last_id))
+            else:
+                for event in missed:
+                    if event.wanted_by(outbox.keys):
+                        outbox.put(event.frame)
+        self.outboxes.add(outbox)
+        for key in outbox.keys:
+            self._want(key, outbox)
+
+    def leave(self, outbox: Outbox) -> None:
+        """Remove a widget; what nobody wants any more goes after the grace period."""
+        self.outboxes.discard(outbox)
+        outbox.close("left")
+        loop = asyncio.get_running_loop()
+        for key in outbox.keys:
+            wanted = self._wanted.get(key)
+            if wanted is not None:
+                wanted.listeners.discard(outbox)
+                if not wanted.listeners and wanted.release is None:
+                    wanted.release = loop.call_later(self._settings.grace, self._release,
+                                                     wanted)
+        if not self.outboxes and self._idle is None and self.ended is None:
+            self._idle = loop.call_later(self._settings.grace, self._on_idle, self)
+
+    @property
+    def subscriptions(self) -> dict[SubscriptionKey, str | None]:
+        """Each shared subscription and its Twitch id (None while being created)."""
+        return {key: wanted.twitch_id for key, wanted in self._wanted.items()}
+
+    @property
+    def sockets(self) -> int:
+        """How many EventSub sockets are open."""
+        return len(self._links)
+
+    async def close(self, reason: str = "closed") -> None:
+        """Stop: every widget's stream ends, every socket closes (its subscriptions die)."""
+        self.ended = self.ended or reason
+        if self._idle is not None:
+            self._idle.cancel()
+        for wanted in self._wanted.values():
+            if wanted.release is not None:
+                wanted.release.cancel()
+        self._wanted.clear()
+        self._by_twitch_id.clear()
+        for outbox in list(self.outboxes):
+            outbox.close(reason)
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        links, self._links = self._links, []
+        for link in links:
+            link.dead = True
+        await asyncio.gather(*(link.socket.close() for link in links), *tasks,
+                             return_exceptions=True)
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def _want(self, key: SubscriptionKey, outbox: Outbox) -> None:
+        wanted = self._wanted.get(key)
+        if wanted is None:
+            refusal = self._over_limit(key)
+            if refusal is not None:
+                code, message = refusal
+                outbox.put(encode_frame("error", {"error": code, "status": None,
+                                                  "message": message,
+                                                  **_subscription_fields(key)}))
+                return
+            wanted = _Wanted(key, subscription_cost(key, self.user_id), frozenset((key,)))
+            self._wanted[key] = wanted
+            wanted.task = self._spawn(self._subscribe(wanted))
+        if wanted.release is not None:
+            wanted.release.cancel()
+            wanted.release = None
+        wanted.listeners.add(outbox)
+
+    def _over_limit(self, key: SubscriptionKey) -> tuple[str, str] | None:
+        settings = self._settings
+        cost = subscription_cost(key, self.user_id)
+        total = sum(wanted.cost for wanted in self._wanted.values())
+        if cost and total + cost > settings.max_total_cost:
+            return ("cost_exceeded",
+                    f"This subscription would take the grant's EventSub cost to "
+                    f"{total + cost}, over Twitch's max_total_cost of "
+                    f"{settings.max_total_cost} (events of other channels cost 1 each).")
+        if len(self._wanted) >= settings.per_socket * settings.max_sockets:
+            return ("subscription_limit",
+                    f"The grant already has {len(self._wanted)} subscriptions, Twitch's limit "
+                    f"({settings.max_sockets} sockets of {settings.per_socket}).")
+        return None
+
+    async def _subscribe(self, wanted: _Wanted) -> None:
+        """Create ``wanted`` at Twitch on a socket with room; again if the socket dies first."""
+        try:
+            while self._wanted.get(wanted.key) is wanted and self.ended is None:
+                link = await self._link_with_room(wanted)
+                if link is None:
+                    return
+                link.keys.add(wanted.key)
+                wanted.link = link
+                try:
+                    created = await self._api.create(self.grant_id, wanted.key, link.session_id)
+                except (SubscriptionRefused, ProxyError) as exc:
+                    if isinstance(exc, ReauthorizationRequired):
+                        await self._needs_reauth(exc)
+                        return
+                    if link.dead:
+                        continue  # the session died meanwhile: try on the next one
+                    status = exc.status
+                    self._refused(wanted, "twitch_refused" if isinstance(
+                        exc, SubscriptionRefused) else exc.code, status, exc.message)
+                    return
+                if link.dead:
+                    continue
+                if self._wanted.get(wanted.key) is not wanted or self.ended is not None:
+                    self._spawn(self._delete(created.id))  # nobody wants it any more
+                    return
+                wanted.twitch_id = created.id
+                self._by_twitch_id[created.id] = wanted
+                return
+        finally:
+            wanted.task = None
+
+    async def _link_with_room(self, wanted: _Wanted) -> _Link | None:
+        """A socket with room for one more subscription, connecting one if needed."""
+        settings = self._settings
+        async with self._connecting:
+            for link in self._links:
+                if not link.dead and len(link.keys) < settings.per_socket:
+                    return link
+            while self._wanted.get(wanted.key) is wanted and self.ended is None:
+                if self._drops:
+                    delay = min(settings.backoff_max,
+                                settings.backoff_initial * 2 ** (self._drops - 1))
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    if self._wanted.get(wanted.key) is not wanted or self.ended is not None:
+                        return None
+                socket = self._open_socket()
+                try:
+                    session_id = await socket.connect()
+                except SessionEnded as ended:
+                    self._drops += 1
+                    log.warning("eventsub grant=%s could not connect (%s); retrying",
+                                self.grant_id, ended.reason)
+                    await socket.close()
+                    continue
+                link = _Link(socket, session_id, time.monotonic())
+                self._links.append(link)
+                self._spawn(self._read(link))
+                log.info("eventsub grant=%s session %s open (%d socket(s))", self.grant_id,
+                         session_id, len(self._links))
+                return link
+        return None
+
+    def _refused(self, wanted: _Wanted, code: str, status: int | None, message: str) -> None:
+        """Tell the widgets that asked for ``wanted`` why it failed, and forget it."""
+        frame = encode_frame("error", {"error": code, "status": status, "message": message,
+                                       **_subscription_fields(wanted.key)})
+        for outbox in wanted.listeners:
+            outbox.put(frame)
+        self._forget(wanted)
+
+    def _forget(self, wanted: _Wanted) -> None:
+        if self._wanted.get(wanted.key) is wanted:
+            del self._wanted[wanted.key]
+        if wanted.release is not None:
+            wanted.release.cancel()
+            wanted.release = None
+        if wanted.twitch_id is not None:
+            self._by_twitch_id.pop(wanted.twitch_id, None)
+        if wanted.link is not None:
+            wanted.link.keys.discard(wanted.key)
+
+    def _release(self, wanted: _Wanted) -> None:
+        """The grace period passed with nobody wanting ``wanted``: delete it at Twitch."""
+        wanted.release = None
+        if wanted.listeners or self._wanted.get(wanted.key) is not wanted:
+            return
+        link, twitch_id = wanted.link, wanted.twitch_id
+        self._forget(wanted)
+        if link is not None and not link.keys and not link.dead:
+            self._spawn(self._close_link(link))  # its session dies, and its subscriptions
+        elif twitch_id is not None:
+            self._spawn(self._delete(twitch_id))
+
+    async def _delete(self, twitch_id: str) -> None:
+        try:
+            await self._api.delete(self.grant_id, twitch_id)
+        except (SubscriptionRefused, ProxyError) as exc:
+            log.warning("eventsub grant=%s could not delete a subscription (%s)",
+                        self.grant_id, exc)
+
+    async def _close_link(self, link: _Link) -> None:
+        link.dead = True
+        if link in self._links:
+            self._links.remove(link)
+        await link.socket.close()
+
+    # -- what Twitch sends ---------------------------------------------------------------
+
+    async def _read(self, link: _Link) -> None:
+        try:
+            async for message in link.socket.messages():
+                self._on_message(message)
+            ended = SessionEnded("closed", None, True, "the session ended")
+        except SessionEnded as exc:
+            ended = exc
+        await self._link_ended(link, ended)
+
+    def _on_message(self, message: EventSubMessage) -> None:
+        wanted = self._by_twitch_id.get(str(message.subscription.get("id")))
+        if wanted is None:
+            return  # a subscription deleted a moment ago
+        key = wanted.key
+        if message.message_type == "notification":
+            data = dict(message.event or {})
+            data["subscription_type"] = key.type
+            data["subscription_version"] = key.version
+            frame = self.buffer.append(wanted.keyset, key.type, data).frame
+        elif message.message_type == "revocation":
+            frame = self.buffer.append(wanted.keyset, "revoked", {
+                "status": message.subscription.get("status"), **_subscription_fields(key),
+            }).frame
+            self._forget(wanted)
+        else:
+            return
+        for outbox in wanted.listeners:
+            outbox.put(frame)
+
+    async def _link_ended(self, link: _Link, ended: SessionEnded) -> None:
+        if link.dead:
+            return  # closed here on purpose
+        link.dead = True
+        if link in self._links:
+            self._links.remove(link)
+        await link.socket.close()
+        lived = time.monotonic() - link.opened_at
+        self._drops = 0 if lived >= _HEALTHY_SESSION else self._drops + 1
+        lost = [wanted for key in link.keys
+                if (wanted := self._wanted.get(key)) is not None and wanted.link is link]
+        log.warning("eventsub grant=%s session %s ended (%s, close code %s); %d "
+                    "subscription(s) %s", self.grant_id, link.session_id, ended.reason,
+                    ended.close_code, len(lost), "to create again" if ended.retry else "lost")
+        for wanted in lost:
+            if wanted.twitch_id is not None:
+                self._by_twitch_id.pop(wanted.twitch_id, None)
+            wanted.twitch_id, wanted.link = None, None
+        for wanted in [wanted for wanted in lost if not wanted.listeners]:
+            self._forget(wanted)  # only waiting for its grace period to end: let it go
+        lost = [wanted for wanted in lost if wanted.listeners]
+        if not lost or self.ended is not None:
+            return
+        listeners = set().union(*(wanted.listeners for wanted in lost))
+        if not ended.retry:
+            message = f"Twitch ended the event session ({ended.reason}); reconnect later."
+            for wanted in lost:
+                self._refused(wanted, "session_ended", None, message)
+            for outbox in listeners:
+                outbox.close("session_ended")
+            return
+        frame = self.buffer.append(frozenset(wanted.key for wanted in lost), "gap", {
+            "reason": ended.reason, "close_code": ended.close_code,
+            "subscription_types": sorted({wanted.key.name for wanted in lost}),
+            "message": "The connection to Twitch was lost and is being restored; events "
+                       "in between were missed.",
+        }).frame
+        for outbox in listeners:
+            outbox.put(frame)
+        for wanted in lost:
+            if wanted.task is None:
+                wanted.task = self._spawn(self._subscribe(wanted))
+
+    async def _needs_reauth(self, exc: ReauthorizationRequired) -> None:
+        if self.ended is not None:
+            return
+        login_url = str(exc.extra.get("login_url") or self._login_url)
+        frame = self.buffer.append(None, "reauthorization_required", {
+            "login_url": login_url, "message": exc.message}).frame
+        for outbox in self.outboxes:
+            outbox.put(frame)
+        log.warning("eventsub grant=%s needs a new login; its event session stops",
+                    self.grant_id)
+        await self.close("reauthorization_required")
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("eventsub grant=%s: unexpected error", self.grant_id,
+                      exc_info=task.exception())
