@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from proxy.upstream.helix_client import HelixClient
-from tests.unit.telemetry.test_logs import Captured
+from tests.unit.telemetry.log_capture import Captured
 
 #: How every record of the text format starts; a line that does not is a forged
 #: record or a traceback.

@@ -10,11 +10,7 @@ secret in them and in every error body.
 from __future__ import annotations
 
 import asyncio
-import io
-import json
-import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from aiohttp import web
@@ -24,43 +20,19 @@ from yarl import URL
 from proxy.config import load_config
 from proxy.core.grants import GrantStore
 from proxy.mock_twitch import DEFAULT_USER_ID, create_mock_app
-from proxy.telemetry.logs import config_secrets, make_handler
+from proxy.telemetry.logs import config_secrets
 from proxy.web.app import create_app
 from tests.helpers import login, proxy_config_flags
 from tests.processes import free_port
+from tests.unit.telemetry.log_capture import Captured
 
 CLIENT_SECRET = "cs-LEAKCHECK-7f3a9b2c1d"
+
+
 ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+
 METRICS_TOKEN = "mt-LEAKCHECK-55aa11bb"
-
-
-class Captured:
-    """The root logger's output through the production handlers, text and JSON."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        self.text, self.json = io.StringIO(), io.StringIO()
-        self.handlers = [make_handler("text", self.text, secrets=secrets),
-                         make_handler("json", self.json, secrets=secrets)]
-
-    def json_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.json.getvalue().splitlines()]
-
-    @classmethod
-    @contextmanager
-    def installed(cls, secrets: list[str]) -> Iterator[Captured]:
-        """Capture everything the root logger sees (DEBUG and up) while the block runs."""
-        capture = cls(secrets)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.DEBUG)
-        for handler in capture.handlers:
-            root.addHandler(handler)
-        try:
-            yield capture
-        finally:
-            for handler in capture.handlers:
-                root.removeHandler(handler)
-            root.setLevel(level)
 
 
 @pytest.fixture
@@ -321,81 +293,3 @@ async def test_one_line_per_validation_with_its_outcome(proxy, mock, captured):
     assert lines[-1]["outcome"] == "valid" and lines[-1]["grant_id"] == grant_id
     assert lines[-1]["login"] == "twitchdev" and lines[-1]["level"] == "INFO"
     assert f"validation outcome=valid grant_id={grant_id}" in captured.text.getvalue()
-
-
-# -- what a client sends cannot break or forge a line ---------------------------------
-
-FORGED = (
-    "2026-11-30 23:00:00,000 INFO proxy.core.refresh: refresh outcome=success grant_id=g_forged"
-)
-
-
-def test_text_lines_escape_what_could_break_or_forge_a_line():
-    text, as_json = io.StringIO(), io.StringIO()
-    log = logging.getLogger("tests.hostile")
-    for handler in (make_handler("text", text), make_handler("json", as_json)):
-        log.addHandler(handler)
-    try:
-        log.warning("path=%s", f"/x\r\n{FORGED}\x1b[2J\u2028\x85\udcff\t\u202eend")
-    finally:
-        log.handlers[:] = []
-    (line,) = text.getvalue().splitlines()
-    assert line.endswith(f"path=/x\\r\\n{FORGED}\\x1b[2J\\u2028\\x85\\udcff\\t\\u202eend")
-    # JSON escapes by itself; the message keeps what was logged.
-    (entry,) = [json.loads(line) for line in as_json.getvalue().splitlines()]
-    assert entry["message"] == f"path=/x\r\n{FORGED}\x1b[2J\u2028\x85\udcff\t\u202eend"
-
-
-def test_a_traceback_keeps_its_lines_but_not_what_its_exceptions_say():
-    text, as_json = io.StringIO(), io.StringIO()
-    log = logging.getLogger("tests.hostile")
-    for handler in (make_handler("text", text), make_handler("json", as_json)):
-        log.addHandler(handler)
-    try:
-        try:
-            try:
-                raise KeyError("first")
-            except KeyError as exc:
-                error = ValueError(f"bad value\r\n{FORGED}")
-                error.add_note(f"a note\n{FORGED}")
-                raise error from exc
-        except ValueError as exc:
-            group = ExceptionGroup("several", [exc, OSError(f"also\n{FORGED}")])
-            try:
-                raise group
-            except ExceptionGroup:
-                log.exception("unexpected error on GET %s", f"/x\n{FORGED}")
-    finally:
-        log.handlers[:] = []
-    output = text.getvalue()
-    lines = output.splitlines()
-    assert lines[0].endswith(f"unexpected error on GET /x\\n{FORGED}")
-    assert "Traceback (most recent call last):" in lines
-    assert "The above exception was the direct cause of the following exception:" in output
-    assert f"ValueError: bad value\\r\\n{FORGED}" in output
-    assert f"a note\\n{FORGED}" in output and f"OSError: also\\n{FORGED}" in output
-    assert any(line.strip().startswith('File "') for line in lines)
-    assert not [line for line in lines if FORGED in line.lstrip(" |+-")[:len(FORGED)]]
-    (entry,) = [json.loads(line) for line in as_json.getvalue().splitlines()]
-    assert f"ValueError: bad value\\r\\n{FORGED}" in entry["exception"]
-
-
-def test_a_request_the_http_parser_refused_is_one_info_line(proxy_config):
-    from aiohttp.http_exceptions import BadHttpMessage
-
-    def refuse() -> None:
-        try:
-            raise BadHttpMessage("Invalid header value char:\n\n  b'X-A: \\x00'\n        ^")
-        except BadHttpMessage as exc:
-            logging.getLogger("aiohttp.server").exception(
-                "Error handling request from %s", "127.0.0.1", exc_info=exc)
-
-    with Captured.installed([]) as capture:
-        refuse()
-        logging.getLogger().setLevel(logging.WARNING)  # LOG_LEVEL=WARNING: not even that
-        refuse()
-    (line,) = capture.text.getvalue().splitlines()
-    assert line.endswith(" INFO aiohttp.server: refused a malformed request from 127.0.0.1: "
-                         "400 Invalid header value char")
-    (entry,) = capture.json_lines()
-    assert entry["level"] == "INFO" and "exception" not in entry
