@@ -149,7 +149,8 @@ class ProxySetup:
     async def seed(self) -> dict[str, str]:
         """A grant with a proxy key, and an old widget's adopted pair, in the store."""
         from proxy.config import load_config
-        from proxy.core.grants import Grant, GrantStore
+        from proxy.core.grant_records import Grant
+        from proxy.core.grants import GrantStore
         from proxy.store import open_store
         from proxy.web.app import cipher_for
 

@@ -47,7 +47,8 @@ import aiohttp
 from .config import Config
 from .config.store_url import sqlite_path, store_is_shared
 from .core.grant_cache import CachedGrantStore
-from .core.grants import Grant, GrantStore
+from .core.grant_records import Grant
+from .core.grants import GrantStore
 from .core.refresh import Refresher
 from .errors import DecryptionFailed, KeyFileError, ProxyError, TwitchRefused
 from .store import open_store

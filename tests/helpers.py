@@ -58,7 +58,8 @@ async def seed_grants(config: Any, mock: MockTwitch, count: int) -> list[Any]:
     Returns the grants (with their tokens); the store is closed again, so an app
     started afterwards finds them there.
     """
-    from proxy.core.grants import Grant, GrantStore
+    from proxy.core.grant_records import Grant
+    from proxy.core.grants import GrantStore
     from proxy.store import open_store
     from proxy.web.app import cipher_for
 

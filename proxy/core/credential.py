@@ -16,7 +16,8 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
-from .grants import PROXY_KEY_PREFIX, Grant, token_hash
+from .grant_records import Grant
+from .sealed_index import PROXY_KEY_PREFIX, token_hash
 
 __all__ = ["Credential", "Mode", "bearer_token", "proxy_key_in"]
 

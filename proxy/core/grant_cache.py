@@ -50,15 +50,9 @@ from ..errors import StoreUnavailable
 from ..store.base import TokenStore
 from ..store.crypto import Cipher
 from ..web.keys import config_key, grant_cache_key, shared_gets_key
-from .grants import (
-    Grant,
-    GrantStore,
-    KeyRecord,
-    LoadedGrant,
-    RefreshTokenKind,
-    RefreshTokenRef,
-    token_hash,
-)
+from .grant_records import Grant, KeyRecord, LoadedGrant, RefreshTokenKind, RefreshTokenRef
+from .grants import GrantStore
+from .sealed_index import token_hash
 
 __all__ = ["GENERATION_KEY", "CachedGrantStore", "SharedAnswer", "SharedGets", "cache_ttl",
            "setup_cache"]

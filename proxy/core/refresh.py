@@ -49,16 +49,9 @@ from ..errors import (
 )
 from ..store.base import DEFAULT_LOCK_LEASE, DEFAULT_LOCK_WAIT
 from ..upstream.twitch import Identity, TokenSet, TwitchClient
-from .grants import (
-    ACTIVE,
-    NEEDS_REAUTH,
-    Grant,
-    GrantStore,
-    LoadedGrant,
-    RefreshTokenRef,
-    new_chain,
-    token_hash,
-)
+from .grant_records import ACTIVE, NEEDS_REAUTH, Grant, LoadedGrant, RefreshTokenRef, new_chain
+from .grants import GrantStore
+from .sealed_index import token_hash
 
 __all__ = ["EXPIRY_MARGIN", "AppTokenProvider", "RefreshOutcome", "Refresher"]
 

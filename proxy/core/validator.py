@@ -64,7 +64,8 @@ from ..web.keys import (
     twitch_key,
     validator_key,
 )
-from .grants import ACTIVE, NEEDS_REAUTH, Grant, GrantStore
+from .grant_records import ACTIVE, NEEDS_REAUTH, Grant
+from .grants import GrantStore
 from .refresh import Refresher
 
 __all__ = ["CLAIM_PREFIX", "MAX_SWEEP_PERIOD", "ValidationOutcome", "Validator",

@@ -53,7 +53,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from ..core.credential import bearer_token
-from ..core.grants import ACTIVE, NEEDS_REAUTH, GrantStore
+from ..core.grant_records import ACTIVE, NEEDS_REAUTH
+from ..core.grants import GrantStore
 from ..core.refresh import RefreshOutcome
 from ..core.validator import ValidationOutcome
 from ..errors import Forbidden, json_error

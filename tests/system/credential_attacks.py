@@ -55,7 +55,7 @@ async def authorized_callback(proxy) -> URL:
 
 def expiry_of_alias(proxy, refresh_token: str) -> tuple[bool, float | None]:
     """(indexed?, expiry) of a refresh token's alias in the memory store."""
-    from proxy.core.grants import token_hash
+    from proxy.core.sealed_index import token_hash
     store = proxy.app[store_key]
     entry = store._data.get(f"{store._prefix}rt:{token_hash(refresh_token)}")
     return (entry is not None, entry[1] if entry else None)

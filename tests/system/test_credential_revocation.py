@@ -168,7 +168,7 @@ async def test_revoke_after_a_wider_login_takes_the_old_chains_access_token(prox
 
 
 async def test_access_tokens_the_grant_cannot_remember_are_revoked_at_once(proxy, mock):
-    from proxy.core.grants import MAX_EARLIER_ACCESS_TOKENS
+    from proxy.core.grant_records import MAX_EARLIER_ACCESS_TOKENS
     first = await login(proxy)
     kept = await (await proxy.post(
         "/refresh", json={"refresh_token": first["refresh_token"]})).json()

@@ -23,7 +23,7 @@ from tests.system.credential_attacks import (
 async def test_index_entries_written_without_the_key_open_nothing(proxy, mock):
     import json
 
-    from proxy.core.grants import token_hash
+    from proxy.core.sealed_index import token_hash
     victim = await login(proxy)
     grant = await grant_of_key(proxy, victim["proxy_key"])
     store = proxy.app[store_key]
@@ -48,7 +48,7 @@ async def test_index_entries_written_without_the_key_open_nothing(proxy, mock):
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 async def test_a_sealed_entry_copied_under_another_name_opens_nothing(proxy, mock):
-    from proxy.core.grants import token_hash
+    from proxy.core.sealed_index import token_hash
     victim = await login(proxy)
     store = proxy.app[store_key]
     # Copy the victim's sealed key record and refresh-token alias under names
@@ -73,7 +73,9 @@ async def test_an_older_versions_clear_index_waits_for_reencrypt(
     import json
 
     from proxy.admin import grants_reencrypt
-    from proxy.core.grants import Grant, GrantStore, token_hash
+    from proxy.core.grant_records import Grant
+    from proxy.core.grants import GrantStore
+    from proxy.core.sealed_index import token_hash
     from proxy.store import open_store
     from proxy.web.app import cipher_for, create_app
     # A store as the version before sealing left it: index values in clear.
@@ -103,7 +105,7 @@ async def test_an_older_versions_clear_index_waits_for_reencrypt(
 
 
 async def test_a_user_index_naming_another_users_grant_gets_nothing(proxy, mock):
-    from proxy.core.grants import Grant
+    from proxy.core.grant_records import Grant
     mock.add_user("5550001", "victim")
     tokens = mock.issue_tokens("5550001", ["user:read:email"])
     victim = Grant.new(user_id="5550001", login="victim", scopes=("user:read:email",),

@@ -36,8 +36,9 @@ from yarl import URL
 
 from ...core.credential import Credential, bearer_token
 from ...core.grant_cache import SharedAnswer
-from ...core.grants import ACTIVE, PROXY_KEY_PREFIX, Grant
+from ...core.grant_records import ACTIVE, Grant
 from ...core.limits import acquire_upstream_slots, check_helix_allowed, release_upstream_slots
+from ...core.sealed_index import PROXY_KEY_PREFIX
 from ...errors import (
     HelixTransportError,
     InvalidPath,

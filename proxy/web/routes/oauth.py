@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from yarl import URL
 
-from ...core.grants import token_hash
+from ...core.sealed_index import token_hash
 from ...errors import (
     AccessDenied,
     Forbidden,

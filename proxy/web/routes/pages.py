@@ -31,7 +31,7 @@ from aiohttp import web
 from yarl import URL
 
 from ...config import Config
-from ...core.grants import ACTIVE, NEEDS_REAUTH
+from ...core.grant_records import ACTIVE, NEEDS_REAUTH
 from ...errors import ProxyError
 from ..forwarded import public_url_for, redirect_uri_for
 from ..keys import config_key

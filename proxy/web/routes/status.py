@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from ...core.credential import proxy_key_in
-from ...core.grants import NEEDS_REAUTH, PROXY_KEY_PREFIX, Grant, KeyRecord
+from ...core.grant_records import NEEDS_REAUTH, Grant, KeyRecord
+from ...core.sealed_index import PROXY_KEY_PREFIX
 from ...errors import InvalidProxyKey, InvalidRequest, ProxyError
 from ..keys import config_key, grants_key, refresher_key
 from . import pages

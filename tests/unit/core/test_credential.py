@@ -22,7 +22,7 @@ def test_proxy_key_in():
 
 
 def test_buckets_are_named_once():
-    from proxy.core.grants import Grant
+    from proxy.core.grant_records import Grant
     grant = Grant.new(user_id="1", login="a", scopes=(), access_token="a", refresh_token="r",
                       expires_at=0)
     assert Credential("key", "a", grant).bucket == "user:1"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from proxy.core.grants import NEEDS_REAUTH
+from proxy.core.grant_records import NEEDS_REAUTH
 from proxy.web.app import create_app
 from proxy.web.keys import grants_key
 from tests.helpers import login

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from proxy.config import ConfigError, load_config
-from proxy.core.grants import ACTIVE, NEEDS_REAUTH, Grant, GrantStore
+from proxy.core.grant_records import ACTIVE, NEEDS_REAUTH, Grant
+from proxy.core.grants import GrantStore
 from proxy.core.validator import CLAIM_PREFIX, ValidationOutcome, Validator
 from proxy.mock_twitch import MockTwitch
 from proxy.web.app import create_app

@@ -9,7 +9,7 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.core.grants import NEEDS_REAUTH
+from proxy.core.grant_records import NEEDS_REAUTH
 from proxy.core.validator import CLAIM_PREFIX
 from proxy.telemetry.metrics import Metrics
 from proxy.web.app import create_app
