@@ -7,6 +7,9 @@ Modules:
 - :mod:`bench.reference`: the yardstick, a minimal correct aiohttp forwarder;
 - :mod:`bench.old_tool`: the old tool's design (Flask dev server + ``requests``);
 - :mod:`bench.loadgen`: wrk (with ``report.lua``) and bounded aiohttp clients;
-- :mod:`bench.run`: starts everything on loopback, runs the scenarios, writes
-  ``bench/results.md``.
+- :mod:`bench.processes`: the processes under test, pinned to CPUs, and what they cost;
+- :mod:`bench.scenarios`: the scenarios, each measuring one claim;
+- :mod:`bench.results`: the rows of the table and writing ``bench/results.md``;
+- :mod:`bench.run`: ``main()``: starts the shared servers on loopback, runs the
+  scenarios in order, writes the results.
 """
