@@ -42,18 +42,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiohttp
-
 from .config import Config
 from .config.store_url import sqlite_path, store_is_shared
-from .core.grant_cache import CachedGrantStore
 from .core.grant_records import Grant
 from .core.grants import GrantStore
-from .core.refresh import Refresher
 from .errors import DecryptionFailed, KeyFileError, ProxyError, TwitchRefused
-from .store import open_store
-from .upstream.twitch import TwitchClient
-from .web.app import cipher_for
+from .services import open_services
 
 __all__ = ["AdminError", "add_subcommands", "run"]
 
@@ -148,13 +142,10 @@ def _missing_database(url: str) -> Path | None:
 
 @asynccontextmanager
 async def _grant_store(config: Config) -> AsyncIterator[GrantStore]:
-    cipher = cipher_for(config)  # first: a refused key file leaves no store open
-    store = await open_store(config.store.url, prefix=config.store.prefix)
-    try:
-        # The servers' grant store: its writes tell running servers' caches.
-        yield CachedGrantStore(store, cipher, poll_interval=config.store.cache_poll)
-    finally:
-        await store.close()
+    """The servers' grant store: its writes tell running servers' caches."""
+    # No key check at opening: the commands read (and reencrypt re-seals) themselves.
+    async with open_services(config, check_store_key=False) as services:
+        yield services.grants
 
 
 async def _all_grants(grants: GrantStore) -> list[Grant]:
@@ -199,15 +190,8 @@ def _read_refresh_token(value: str) -> str:
 async def grants_import(args: argparse.Namespace, config: Config, out: TextIO) -> None:
     """Refresh once to prove the token, learn whose it is, store it, print a proxy key."""
     refresh_token = _read_refresh_token(args.refresh_token)
-    timeout = aiohttp.ClientTimeout(total=config.twitch.timeout)
-    async with (
-        _grant_store(config) as grants,
-        aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as session,
-    ):
-        twitch = TwitchClient(session, config.twitch)
-        refresher = Refresher(grants, twitch, replay_window=config.auth.replay_window,
-                              login_url=f"{config.server.public_url}/login",
-                              lock_lease=config.store.lock_lease)
+    async with open_services(config, check_store_key=False) as services:
+        grants, twitch, refresher = services.grants, services.twitch, services.refresher
         try:
             grant = await refresher.exchange(refresh_token)
         except TwitchRefused as exc:

@@ -25,8 +25,9 @@ from . import admin
 from .config import Config, ConfigError, env_table, load_config
 from .errors import DecryptionFailed, KeyFileError
 from .server import serve
+from .services import cipher_for
 from .telemetry.logs import config_secrets, setup_logging
-from .web.app import cipher_for, create_app
+from .web.app import create_app
 
 __all__ = ["build_parser", "main"]
 

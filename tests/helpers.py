@@ -60,8 +60,8 @@ async def seed_grants(config: Any, mock: MockTwitch, count: int) -> list[Any]:
     """
     from proxy.core.grant_records import Grant
     from proxy.core.grants import GrantStore
+    from proxy.services import cipher_for
     from proxy.store import open_store
-    from proxy.web.app import cipher_for
 
     store = await open_store(config.store.url, prefix=config.store.prefix)
     grants = GrantStore(store, cipher_for(config))

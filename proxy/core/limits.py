@@ -10,21 +10,23 @@
   ``rate_limited``, because one widget is sending too much at once). A request
   finding no free slot waits up to ``limits.concurrency_wait`` seconds for one.
 - **Sizes**: header lines and header count are capped by aiohttp's parser
-  (:func:`handler_args`), the bodies of the small form endpoints by
+  (:func:`proxy.web.middleware.abuse.handler_args`), the bodies of the small form endpoints by
   ``limits.max_form_body``; Helix bodies by ``helix.max_body``.
 - **Allowlist**: ``helix.allow`` (``"GET /users"``, ``"* /channels/*"``)
   refuses other Helix calls with 403 before any credential is looked at.
 
-Limits count per client *network* (:func:`rate_limit_key`) of
-:func:`proxy.forwarded.client_address` (the peer, or the platform router's
+Limits count per client *network* (:func:`rate_limit_key`) of the client
+address the caller passes in (the web layer's
+:func:`proxy.web.forwarded.client_address`: the peer, or the platform router's
 ``X-Forwarded-For`` when ``server.trust_forwarded`` is on): an IPv4 address
 whole, an IPv6 address by its /64 (what one host or one home is given), an
 IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) as its IPv4 address. Code other
 than the middleware that should count against a per-address limit calls
 :meth:`AbuseGuard.spend`.
 
-All state lives in one :class:`AbuseGuard` per app, under ``app_keys.abuse_guard_key``;
-the middleware :func:`abuse_middleware` applies it.
+All state lives in one :class:`AbuseGuard` per app; the web layer's
+:mod:`proxy.web.middleware.abuse` applies it to each route as
+:mod:`proxy.web.app` declares, and ``/helix`` takes its upstream slots itself.
 """
 
 from __future__ import annotations
@@ -36,38 +38,21 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import Message
-from typing import Any, Literal
+from typing import Literal
 
-from aiohttp import web
-from aiohttp.typedefs import Handler
-
-from ..config import Config, LimitsConfig
-from ..errors import (
-    Forbidden,
-    InvalidProxyKey,
-    InvalidRequest,
-    Overloaded,
-    PayloadTooLarge,
-    RateLimited,
-)
-from ..web.forwarded import client_address
-from ..web.keys import abuse_guard_key
-from .credential import Credential, proxy_key_in
+from ..config import LimitsConfig
+from ..errors import Forbidden, Overloaded, RateLimited
 
 __all__ = [
+    "ACCEPTED_TOKEN_TTL",
+    "MAX_TRACKED_ADDRESSES",
     "AbuseGuard",
     "ConcurrencyLimit",
     "RateBucket",
     "RateLimiter",
     "TokenBucket",
-    "abuse_middleware",
-    "check_helix_allowed",
-    "handler_args",
     "rate_limit_key",
-    "acquire_upstream_slots",
-    "release_upstream_slots",
-    "setup_abuse",
+    "retry_after",
 ]
 
 #: Seconds a bare token Twitch accepted is let through without spending from
@@ -76,16 +61,6 @@ ACCEPTED_TOKEN_TTL = 600.0
 
 #: The per-address rate limits, by name (:meth:`AbuseGuard.spend`).
 RateBucket = Literal["login", "callback", "refresh"]
-
-#: Routes (by first path segment) rate limited per address, and their bucket.
-RATE_LIMITED_ROUTES: dict[str, RateBucket] = {
-    "login": "login", "callback": "callback", "refresh": "refresh"}
-
-#: Routes whose bodies are small forms, capped by ``limits.max_form_body``.
-FORM_ROUTES = frozenset({"refresh", "status", "revoke"})
-
-#: Routes that call Twitch and so count against the total concurrency.
-UPSTREAM_ROUTES = frozenset({"refresh", "callback"})
 
 #: Buckets kept per limiter before idle (full) ones are dropped; bounds memory
 #: when many addresses pass by.
@@ -291,7 +266,7 @@ class AbuseGuard:
         #: sha256 of bare Twitch tokens Twitch accepted lately -> until when (clock).
         self._accepted_tokens: dict[str, float] = {}
 
-    def check_bare_token(self, token_digest: str, request: web.Request) -> None:
+    def check_bare_token(self, token_digest: str, address: str) -> None:
         """Spend from the caller's unknown-credential budget for a bare token not seen working.
 
         A bare token is passed through to Twitch, so junk ones would cost a
@@ -301,10 +276,10 @@ class AbuseGuard:
         now = self._clock()
         if self._accepted_tokens.get(token_digest, 0.0) > now:
             return
-        wait = self.invalid_keys.take(client_address(request))
+        wait = self.invalid_keys.take(address)
         if wait:
             raise RateLimited("Too many unknown tokens from your address.",
-                              retry_after=_retry_after(wait))
+                              retry_after=retry_after(wait))
 
     def bare_token_answered(self, token_digest: str, *, accepted: bool) -> None:
         """Remember for :data:`ACCEPTED_TOKEN_TTL` whether Twitch accepted this bare token."""
@@ -326,18 +301,24 @@ class AbuseGuard:
         return any((m == "*" or m == method.upper()) and fnmatch.fnmatchcase(path, p)
                    for m, p in self.helix_allow)
 
-    def spend(self, bucket: RateBucket, request: web.Request) -> None:
-        """Spend one request of the caller's network from ``bucket``.
+    def check_helix_allowed(self, method: str, path: str) -> None:
+        """403 unless ``helix.allow`` lets ``METHOD /path`` (path after ``/helix/``) through."""
+        if not self.helix_allowed(method, "/" + path):
+            raise Forbidden("This proxy does not forward that Helix call.",
+                            method=method, path="/helix/" + path)
+
+    def spend(self, bucket: RateBucket, address: str) -> None:
+        """Spend one request of the network of ``address`` (the client's) from ``bucket``.
 
         Raises :class:`RateLimited` (429 with ``Retry-After``) when it is empty.
         The middleware spends for ``/login``, ``/callback`` and ``POST /refresh``;
         other code calls this when its work counts against one of those
         limits (an old widget's pair adopted on /helix costs a /refresh).
         """
-        wait = self.rates[bucket].take(client_address(request))
+        wait = self.rates[bucket].take(address)
         if wait:
             raise RateLimited("Too many requests from your address; slow down.",
-                              retry_after=_retry_after(wait))
+                              retry_after=retry_after(wait))
 
     async def take_total_slot(self) -> None:
         """One slot of the total concurrency, or :class:`Overloaded`; give it back with
@@ -345,122 +326,29 @@ class AbuseGuard:
         if not await self.total.acquire(""):
             raise Overloaded("The proxy is at its limit of requests to Twitch; retry shortly.")
 
+    async def acquire_upstream(self, bucket: str) -> None:
+        """One slot of the total and one of ``bucket``'s concurrency, for one Helix call.
+
+        Taken around the upstream call itself, not the whole request: widget
+        copies waiting on a shared GET cost Twitch nothing and hold no slot.
+        Give them back with :meth:`release_upstream`.
+        """
+        await self.take_total_slot()
+        if not await self.per_grant.acquire(bucket):
+            self.total.release("")
+            raise RateLimited("Too many requests in flight for this grant.", retry_after=1)
+
+    def release_upstream(self, bucket: str) -> None:
+        """Give back what :meth:`acquire_upstream` took."""
+        self.per_grant.release(bucket)
+        self.total.release("")
+
 
 def _parse_pattern(pattern: str) -> tuple[str, str]:
     method, _, path = pattern.partition(" ")
     return method.upper(), path.strip()
 
 
-def handler_args(limits: LimitsConfig) -> dict[str, Any]:
-    """aiohttp server options that cap request line, header size and count.
-
-    Passed as ``web.Application(handler_args=...)`` so every runner that serves
-    the app (``run_app``, a test server, a worker) applies them.
-    """
-    return {
-        "max_line_size": limits.max_header_line,
-        "max_field_size": limits.max_header_line,
-        "max_headers": limits.max_headers,
-    }
-
-
-def _retry_after(seconds: float) -> int:
+def retry_after(seconds: float) -> int:
+    """Whole seconds for ``Retry-After``: at least 1."""
     return max(1, math.ceil(seconds))
-
-
-def _route_name(request: web.Request) -> str | None:
-    """``login``, ``refresh``, ``helix``...: the route's path, without slashes or variables."""
-    resource = request.match_info.route.resource
-    if resource is None:
-        return None
-    return resource.canonical.strip("/").split("/", 1)[0] or None
-
-
-def _presents_proxy_key(request: web.Request) -> bool:
-    return proxy_key_in(request.headers.get("Authorization", "")) is not None or (
-        request.path == "/status" and request.method == "POST")
-
-
-def _check_form_body(request: web.Request, limit: int) -> None:
-    """Refuse a form body that is too large or cannot be parsed, before it is read."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-    if request.content_type.startswith("multipart/"):
-        header = Message()
-        header["Content-Type"] = request.headers.get("Content-Type", "")
-        if not header.get_param("boundary"):
-            # aiohttp's form parser would fail with a bare ValueError (a 500).
-            raise InvalidRequest("A multipart body needs a boundary in its Content-Type.")
-
-
-@web.middleware
-async def abuse_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Apply rate, size and concurrency limits before the handler runs."""
-    guard = request.app[abuse_guard_key]
-    route = _route_name(request)
-    address = client_address(request)
-
-    bucket = RATE_LIMITED_ROUTES.get(route or "")
-    # A CORS preflight (OPTIONS) is the browser asking, not a login or a refresh:
-    # counting it would halve the rate an old widget's POST /refresh gets.
-    if bucket is not None and request.method != "OPTIONS":
-        guard.spend(bucket, request)
-    if _presents_proxy_key(request):
-        wait = guard.invalid_keys.wait(address)
-        if wait:
-            raise RateLimited("Too many unknown proxy keys from your address.",
-                              retry_after=_retry_after(wait))
-    if route in FORM_ROUTES and request.method == "POST":
-        _check_form_body(request, guard.limits.max_form_body)
-
-    try:
-        if route in UPSTREAM_ROUTES:  # /helix counts its upstream calls itself
-            await guard.take_total_slot()
-            try:
-                response = await handler(request)
-            finally:
-                guard.total.release("")
-        else:
-            response = await handler(request)
-    except InvalidProxyKey:
-        guard.invalid_keys.take(address)
-        raise
-    if response.status == 401 and route == "status" and request.method == "POST":
-        guard.invalid_keys.take(address)  # the status page shows the refusal itself
-    return response
-
-
-async def acquire_upstream_slots(request: web.Request, credential: Credential) -> str:
-    """One slot of the total and one of the grant's concurrency, for one Helix call.
-
-    Taken around the upstream call itself, not the whole request: widget
-    copies waiting on a shared GET cost Twitch nothing and hold no slot.
-    Returns the grant's name for :func:`release_upstream_slots`.
-    """
-    guard = request.app[abuse_guard_key]
-    await guard.take_total_slot()
-    name = credential.bucket
-    if not await guard.per_grant.acquire(name):
-        guard.total.release("")
-        raise RateLimited("Too many requests in flight for this grant.", retry_after=1)
-    return name
-
-
-def release_upstream_slots(request: web.Request, name: str) -> None:
-    """Give back what :func:`acquire_upstream_slots` took."""
-    guard = request.app[abuse_guard_key]
-    guard.per_grant.release(name)
-    guard.total.release("")
-
-
-def check_helix_allowed(request: web.Request, path: str) -> None:
-    """403 unless ``helix.allow`` lets ``request.method /path`` through."""
-    if not request.app[abuse_guard_key].helix_allowed(request.method, "/" + path):
-        raise Forbidden("This proxy does not forward that Helix call.",
-                        method=request.method, path="/helix/" + path)
-
-
-def setup_abuse(app: web.Application, config: Config) -> None:
-    """Create the app's :class:`AbuseGuard` (the middleware is added by create_app)."""
-    app[abuse_guard_key] = AbuseGuard(config.limits, config.helix.allow)
-

@@ -43,10 +43,8 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
-
-from aiohttp import web
 
 from ..errors import (
     DecryptionFailed,
@@ -56,20 +54,11 @@ from ..errors import (
     UpstreamError,
 )
 from ..upstream.twitch import TwitchClient
-from ..web.keys import (
-    config_key,
-    grants_key,
-    metrics_key,
-    refresher_key,
-    twitch_key,
-    validator_key,
-)
 from .grant_records import ACTIVE, NEEDS_REAUTH, Grant
 from .grants import GrantStore
 from .refresh import Refresher
 
-__all__ = ["CLAIM_PREFIX", "MAX_SWEEP_PERIOD", "ValidationOutcome", "Validator",
-           "setup_validator", "validator_ctx"]
+__all__ = ["CLAIM_PREFIX", "MAX_SWEEP_PERIOD", "ValidationOutcome", "Validator"]
 
 log = logging.getLogger(__name__)
 
@@ -286,22 +275,3 @@ class Validator:
             new = dataclasses.replace(loaded.grant, updated_at=time.time(), **changes)
             if await self._grants.replace(loaded, new):
                 return
-
-
-async def validator_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Start validating when the app starts; stop at shutdown."""
-    auth = app[config_key].auth
-    validator = Validator(app[grants_key], app[twitch_key], app[refresher_key],
-                          interval=auth.validate_interval,
-                          on_outcome=app[metrics_key].validation_outcome,
-                          purge_after=auth.purge_needs_reauth_after,
-                          on_purged=app[metrics_key].grant_purged)
-    app[validator_key] = validator
-    await validator.start()
-    yield
-    await validator.stop()
-
-
-def setup_validator(app: web.Application) -> None:
-    """Register the validator; it needs the store, so add it after ``store_ctx``."""
-    app.cleanup_ctx.append(validator_ctx)

@@ -22,12 +22,9 @@ import asyncio
 import time
 from collections.abc import Mapping
 
-from aiohttp import web
-
 from ..errors import BucketEmpty
-from ..web.keys import config_key, ratelimit_gate_key
 
-__all__ = ["MAX_EMPTY_BUCKETS", "RateLimitGate", "setup_ratelimit"]
+__all__ = ["MAX_EMPTY_BUCKETS", "RateLimitGate"]
 
 #: Empty buckets remembered before expired ones are swept (and, if all are
 #: current, the soonest to reset are forgotten: they only cost a 429 later).
@@ -74,8 +71,8 @@ class RateLimitGate:
         elif self._empty_until:
             self._empty_until.pop(bucket, None)
 
-
     def __len__(self) -> int:
+        """How many empty buckets are remembered."""
         return len(self._empty_until)
 
     def _sweep(self) -> None:
@@ -86,8 +83,3 @@ class RateLimitGate:
             soonest = sorted(self._empty_until, key=self._empty_until.__getitem__)
             for name in soonest[: MAX_EMPTY_BUCKETS // 2]:
                 del self._empty_until[name]
-
-
-def setup_ratelimit(app: web.Application) -> None:
-    """One gate for the app's Helix calls, waiting at most ``helix.ratelimit_wait``."""
-    app[ratelimit_gate_key] = RateLimitGate(max_wait=app[config_key].helix.ratelimit_wait)

@@ -13,6 +13,8 @@ Call :func:`client_address` for the address of the client (logs, rate limits),
 :func:`public_url_for` for the proxy's public base URL (the OAuth
 redirect_uri), :func:`is_https` to decide on secure cookies, and
 :func:`is_loopback_client` for whether a request came straight from this host.
+Each is given the server's configuration by its caller, which got it once,
+when :mod:`proxy.web.app` built it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ import re
 
 from aiohttp import web
 
-from ..config import default_public_url
-from .keys import config_key
+from ..config import ServerConfig, default_public_url
 
 __all__ = ["client_address", "forwarded_scheme", "is_https", "is_loopback_client",
            "public_url_for", "redirect_uri_for"]
@@ -46,15 +47,15 @@ _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:
                    r"(?::[0-9]{1,5})?")
 
 
-def _last(request: web.Request, header: str) -> str:
+def _last(request: web.BaseRequest, server: ServerConfig, header: str) -> str:
     """The last comma-separated value of ``header``, if trusted and present."""
-    if not request.app[config_key].server.trust_forwarded:
+    if not server.trust_forwarded:
         return ""
     values = ",".join(request.headers.getall(header, []))
     return values.rsplit(",", 1)[-1].strip()
 
 
-def client_address(request: web.Request) -> str:
+def client_address(request: web.BaseRequest, server: ServerConfig) -> str:
     """The client's address: the router's ``X-Forwarded-For`` when trusted, else the peer.
 
     A forwarded value is read as an IP address (a port, as some routers add,
@@ -62,10 +63,9 @@ def client_address(request: web.Request) -> str:
     :data:`UNREADABLE_ADDRESS`, so a client can neither pick a fresh
     rate-limit bucket by varying it nor write words into the log line.
     """
-    if not request.app[config_key].server.trust_forwarded \
-            or "X-Forwarded-For" not in request.headers:
+    if not server.trust_forwarded or "X-Forwarded-For" not in request.headers:
         return request.remote or ""
-    return _ip_address(_last(request, "X-Forwarded-For")) or UNREADABLE_ADDRESS
+    return _ip_address(_last(request, server, "X-Forwarded-For")) or UNREADABLE_ADDRESS
 
 
 def _ip_address(value: str) -> str | None:
@@ -89,7 +89,7 @@ def _ip_address(value: str) -> str | None:
         return None
 
 
-def is_loopback_client(request: web.Request) -> bool:
+def is_loopback_client(request: web.BaseRequest) -> bool:
     """Whether the request came straight from this host, not through a router.
 
     The socket's peer must be a loopback address (127.0.0.0/8, ``::1``, or
@@ -115,19 +115,21 @@ def is_loopback_client(request: web.Request) -> bool:
     return address.is_loopback
 
 
-def forwarded_scheme(request: web.Request) -> str:
-    proto = _last(request, "X-Forwarded-Proto").lower()
+def forwarded_scheme(request: web.BaseRequest, server: ServerConfig) -> str:
+    """The browser's scheme: the router's ``X-Forwarded-Proto`` when trusted, else ours."""
+    proto = _last(request, server, "X-Forwarded-Proto").lower()
     if proto in ("http", "https"):
         return proto
     return request.scheme
 
 
-def is_https(request: web.Request) -> bool:
+def is_https(request: web.BaseRequest, server: ServerConfig) -> bool:
     """Whether the browser reached us over https (cookies get ``Secure`` then)."""
-    return forwarded_scheme(request) == "https" or public_url_for(request).startswith("https://")
+    return forwarded_scheme(request, server) == "https" \
+        or public_url_for(request, server).startswith("https://")
 
 
-def public_url_for(request: web.Request) -> str:
+def public_url_for(request: web.BaseRequest, server: ServerConfig) -> str:
     """The proxy's public base URL, as the browser sees it.
 
     ``PUBLIC_URL``, when set, always wins. Otherwise, with a trusted router,
@@ -135,16 +137,14 @@ def public_url_for(request: web.Request) -> str:
     so a platform deploy works before PUBLIC_URL is set; without one, it is the
     configured default (``http://localhost:PORT``).
     """
-    config = request.app[config_key]
-    if not config.server.trust_forwarded or \
-            config.server.public_url != default_public_url(config.server):
-        return config.server.public_url
-    host = _last(request, "X-Forwarded-Host") or request.headers.get("Host", "")
+    if not server.trust_forwarded or server.public_url != default_public_url(server):
+        return server.public_url
+    host = _last(request, server, "X-Forwarded-Host") or request.headers.get("Host", "")
     if not _HOST.fullmatch(host):
-        return config.server.public_url
-    return f"{forwarded_scheme(request)}://{host}"
+        return server.public_url
+    return f"{forwarded_scheme(request, server)}://{host}"
 
 
-def redirect_uri_for(request: web.Request) -> str:
+def redirect_uri_for(request: web.BaseRequest, server: ServerConfig) -> str:
     """The OAuth redirect_uri for this request: :func:`public_url_for` + ``/callback``."""
-    return f"{public_url_for(request)}/callback"
+    return f"{public_url_for(request, server)}/callback"

@@ -1,4 +1,10 @@
-"""Every ``web.AppKey`` of the proxy, in one place, each named like its variable."""
+"""Every ``web.AppKey`` of the proxy, in one place, each named like its variable.
+
+A leaf typed with lower-layer types only. Handlers and middlewares do not read
+these: they are given their services when :mod:`proxy.web.app` builds them.
+The keys publish the same services for whoever holds only the app (tests,
+``--mock-twitch``, a process embedding the proxy).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,18 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..core.grant_cache import CachedGrantStore, SharedGets
+    from ..core.grant_cache import CachedGrantStore
     from ..core.grants import GrantStore
     from ..core.limits import AbuseGuard
     from ..core.refresh import AppTokenProvider, Refresher
     from ..core.validator import Validator
     from ..store.base import TokenStore
+    from ..telemetry.context import RequestIds
     from ..telemetry.metrics import Metrics
     from ..upstream.helix_client import HelixClient
     from ..upstream.ratelimit import RateLimitGate
+    from ..upstream.shared_gets import SharedGets
     from ..upstream.twitch import TwitchClient
-    from .middleware.requestlog import RequestIds
 
 __all__ = [
     "request_ids_key",

@@ -76,8 +76,9 @@ async def test_an_older_versions_clear_index_waits_for_reencrypt(
     from proxy.core.grant_records import Grant
     from proxy.core.grants import GrantStore
     from proxy.core.sealed_index import token_hash
+    from proxy.services import cipher_for
     from proxy.store import open_store
-    from proxy.web.app import cipher_for, create_app
+    from proxy.web.app import create_app
     # A store as the version before sealing left it: index values in clear.
     store = await open_store(proxy_config.store.url, prefix=proxy_config.store.prefix)
     grants = GrantStore(store, cipher_for(proxy_config))

@@ -27,8 +27,8 @@ from yarl import URL
 
 from proxy.config import Config, load_config
 from proxy.core.grants import GrantStore
+from proxy.services import cipher_for
 from proxy.store import open_store
-from proxy.web.app import cipher_for
 
 #: A busy 2-core machine can take a while to import and start a process.
 START_TIMEOUT = 60.0

@@ -19,8 +19,8 @@ from yarl import URL
 
 from proxy.config import load_config
 from proxy.core.grants import GrantStore
+from proxy.services import cipher_for
 from proxy.store import open_store
-from proxy.web.app import cipher_for
 from tests.helpers import proxy_config_flags, seed_grants
 from tests.processes import clean_environ, start_proxy, stop, wait_ready
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ...errors import StoreUnavailable, json_error
-from ..keys import config_key, store_key
+from ...services import Services
 
 __all__ = ["setup_health"]
 
@@ -15,20 +15,20 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """The store answers and an upstream is configured; 503 otherwise."""
-    config = request.app[config_key]
-    if not (config.twitch.client_id and config.twitch.helix_url):
-        return json_error(503, "not_ready", "No Twitch upstream is configured.")
-    try:
-        await request.app[store_key].ping()
-    except StoreUnavailable:
-        return json_error(503, "not_ready", "The token store is unreachable.",
-                          headers={"Retry-After": "5"})
-    return web.json_response({"status": "ready"})
-
-
-def setup_health(app: web.Application) -> None:
+def setup_health(app: web.Application, services: Services) -> None:
     """Register the health routes."""
+    twitch = services.config.twitch
+
+    async def readyz(request: web.Request) -> web.Response:
+        """The store answers and an upstream is configured; 503 otherwise."""
+        if not (twitch.client_id and twitch.helix_url):
+            return json_error(503, "not_ready", "No Twitch upstream is configured.")
+        try:
+            await services.store.ping()
+        except StoreUnavailable:
+            return json_error(503, "not_ready", "The token store is unreachable.",
+                              headers={"Retry-After": "5"})
+        return web.json_response({"status": "ready"})
+
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")

@@ -226,14 +226,14 @@ def landing_page(request: web.Request) -> web.Response:
         client_id=config.twitch.client_id,
         scope_choices=scope_choices,
         default_scopes=config.twitch.scopes,
-        public_url=public_url_for(request),
-        redirect_uri=redirect_uri_for(request),
+        public_url=public_url_for(request, request.app[config_key].server),
+        redirect_uri=redirect_uri_for(request, request.app[config_key].server),
     )
 
 
 def callback_page(request: web.Request, result: dict[str, Any]) -> web.Response:
     """The login result: key, tokens and snippet behind "show", each with a copy button."""
-    public_url = public_url_for(request)
+    public_url = public_url_for(request, request.app[config_key].server)
     return render(
         request, "callback.html",
         login=result["login"],

@@ -13,7 +13,8 @@ from aiohttp.test_utils import make_mocked_request
 from proxy.config import ConfigError, LimitsConfig, load_config
 from proxy.core.limits import MAX_TRACKED_ADDRESSES, AbuseGuard, RateLimiter, TokenBucket
 from proxy.errors import RateLimited
-from proxy.web.keys import abuse_guard_key
+from proxy.web.forwarded import client_address
+from proxy.web.keys import abuse_guard_key, config_key
 from tests.helpers import login, proxy_config_flags
 from tests.unit.core.limits_checks import bearer, proxy_with, rejected
 
@@ -201,10 +202,11 @@ async def test_spend_draws_on_the_middlewares_bucket(aiohttp_client, twitch_serv
     guard = proxy.app[abuse_guard_key]
     request = make_mocked_request("GET", "/helix/users", app=proxy.app,
                                   headers=_from("2001:db8:5:6::1"))
-    guard.spend("refresh", request)
-    guard.spend("refresh", request)
+    address = client_address(request, proxy.app[config_key].server)
+    guard.spend("refresh", address)
+    guard.spend("refresh", address)
     with pytest.raises(RateLimited) as caught:
-        guard.spend("refresh", request)
+        guard.spend("refresh", address)
     assert caught.value.retry_after >= 1
     await rejected(reliability, await proxy.post(
         "/refresh", json={"refresh_token": "x" * 30}, headers=_from("2001:db8:5:6::2")), 429)

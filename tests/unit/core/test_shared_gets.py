@@ -11,7 +11,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import load_config
-from proxy.core.grant_cache import SharedAnswer, SharedGets, cache_ttl
+from proxy.upstream.shared_gets import SharedAnswer, SharedGets, cache_ttl
 from proxy.web.app import create_app
 from tests.helpers import login, proxy_config_flags
 
