@@ -133,8 +133,8 @@ class ProxySetup:
         from proxy.config import load_config
         from proxy.core.grant_records import Grant
         from proxy.core.grants import GrantStore
+        from proxy.services import cipher_for
         from proxy.store import open_store
-        from proxy.web.app import cipher_for
 
         config = load_config(path=self.config_file(), environ=self.env(0))
         store = await open_store(config.store.url, prefix=config.store.prefix)
