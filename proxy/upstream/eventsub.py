@@ -145,7 +145,7 @@ class EventSubSocket:
         self._recent = RecentIds(remembered_ids)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._current: _Link | None = None
-        self._previous: _Link | None = None
+        self._draining: set[_Link] = set()  # old sockets of a reconnect, read a little longer
         self._pending: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._last_end: SessionEnded | None = None
@@ -205,7 +205,7 @@ class EventSubSocket:
                 await self._switch(item)
                 continue
             link, msg = item
-            if link is not self._current and link is not self._previous:
+            if link is not self._current and link not in self._draining:
                 continue  # a socket of a session already torn down
             if msg.type in _ENDING:
                 await self._socket_ended(link, msg)
@@ -323,7 +323,7 @@ class EventSubSocket:
         log.info("eventsub session %s reconnected (was %s)", switch.link.session_id,
                  old.session_id if old is not None else None)
         if old is not None:
-            self._previous = old
+            self._draining.add(old)
             task = asyncio.create_task(self._retire(old), name="eventsub-retire")
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
@@ -331,9 +331,8 @@ class EventSubSocket:
     async def _retire(self, old: _Link) -> None:
         """Keep reading the old socket briefly (frames in flight), then close it."""
         await asyncio.sleep(self._drain_seconds)
+        self._draining.discard(old)
         await _close_link(old)
-        if self._previous is old:
-            self._previous = None
 
     # -- frames -------------------------------------------------------------------
 
@@ -367,8 +366,7 @@ class EventSubSocket:
         code = link.ws.close_code
         if msg.type is aiohttp.WSMsgType.CLOSE and isinstance(msg.data, int):
             code = msg.data
-        twitch_code = code if code is not None and 4000 <= code <= 4999 else None
-        await self._fail(session_closed("closed", twitch_code))
+        await self._fail(session_closed("closed", code))
 
     # -- ending ---------------------------------------------------------------------
 
@@ -393,9 +391,10 @@ class EventSubSocket:
     async def _teardown(self) -> None:
         """Stop every task and close every socket of this session."""
         # Forgotten first: whatever their readers still queue is then ignored.
-        links = [self._current, self._previous]
+        links = [self._current, *self._draining]
         tasks = [t for t in (self._pending, *self._retiring) if t is not None]
-        self._pending = self._current = self._previous = None
+        self._pending = self._current = None
+        self._draining.clear()
         self._retiring.clear()
         for task in tasks:
             task.cancel()

@@ -126,7 +126,8 @@ def session_closed(reason: str, close_code: int | None, *, context: str = "") ->
     """The :class:`SessionEnded` for a socket that closed with ``close_code``.
 
     One of Twitch's codes is classified by :data:`CLOSE_CODES`; any other
-    close (none, 1000, 1006, ...) is a network loss, worth a retry.
+    close (none, 1000, 1006, ...) is a network loss, worth a retry, and its
+    code is only told in the message.
     """
     known = CLOSE_CODES.get(close_code) if close_code is not None else None
     prefix = f"{context}: " if context else ""
@@ -134,7 +135,7 @@ def session_closed(reason: str, close_code: int | None, *, context: str = "") ->
         code_text = f" (close code {close_code})" if close_code is not None else ""
         reason = "network" if reason == "closed" else reason
         return SessionEnded(
-            reason, close_code, True,
+            reason, None, True,
             f"{prefix}the connection to Twitch was lost{code_text}: "
             "reconnect with backoff and resubscribe")
     return SessionEnded(reason, close_code, known.retry,

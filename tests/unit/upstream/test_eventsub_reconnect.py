@@ -188,3 +188,18 @@ async def test_close_during_a_reconnect_closes_both_sockets(make_socket, twitch)
     assert await new.wait_closed() is not None
     await asyncio.wait_for(reader.task, WAIT)
     assert reader.ended is None
+
+
+async def test_close_while_the_old_socket_drains(make_socket, twitch):
+    # The drain outlasts the test's patience: close() must end it, not wait for it.
+    eventsub, old = await connected(make_socket, twitch, drain_seconds=3600)
+    reader = Collector(eventsub)
+    await old.send(reconnect(reconnect_url(twitch)))
+    new = await twitch.accept()
+    await new.send(welcome("session-1"), notification("on-new"))
+    await reader.count(1)
+    await old.send(notification("on-old"))
+    await reader.count(2)
+    await eventsub.close()
+    assert await old.wait_closed() == 1000
+    assert await new.wait_closed() == 1000
