@@ -1,13 +1,12 @@
 """Creating and deleting a grant's EventSub subscriptions through Helix.
 
 ``POST /helix/eventsub/subscriptions`` (and ``DELETE ?id=``) with the grant's
-user access token, as Twitch requires for WebSocket transports, over the same
-Helix client, rate-limit gate and refresh path as ``/helix``: the token is
-refreshed first when it is about to expire, and a 401 saying the token is
-invalid or expired refreshes once (single flight, through
-:class:`~proxy.core.refresh.Refresher`) and retries once. A 401 Twitch says a
-refresh cannot cure (a missing scope, another app's token) and every other
-refusal (403 missing authorization, 409 already exists, 400, 429) become
+user access token, as Twitch requires for WebSocket transports, through the
+same :class:`~proxy.core.helix_call.HelixCaller` as ``/helix``: the rate-limit
+gate, and a 401 saying the token is invalid or expired refreshes once (single
+flight) and sends again. The token is refreshed first when it is about to
+expire. A 401 a refresh cannot cure (a missing scope) and every other refusal
+(403 missing authorization, 409 already exists, 400, 429) become
 :class:`SubscriptionRefused` with Twitch's status and message. A grant Twitch
 no longer accepts raises :class:`~proxy.errors.ReauthorizationRequired` (with
 its ``login_url``), as everywhere else.
@@ -16,7 +15,6 @@ its ``login_url``), as everywhere else.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,21 +22,17 @@ from yarl import URL
 
 from ..errors import ReauthorizationRequired
 from ..upstream.errors import check_gateway_answer, upstream_errors
-from ..upstream.helix_client import HelixClient
-from ..upstream.ratelimit import RateLimitGate
 from .credential import Credential
 from .grant_cache import CachedGrantStore
 from .grant_records import Grant
+from .helix_call import HelixCaller, HelixRequest
 from .refresh import Refresher
 from .relay_catalog import SubscriptionKey
 
 __all__ = ["CreatedSubscription", "HelixSubscriptions", "SubscriptionRefused"]
 
-log = logging.getLogger(__name__)
-
-#: 401 messages after which a refresh cannot help (Twitch's Helix 401 bodies).
-_FINAL_401 = ("missing scope", "client id and oauth token do not match",
-              "oauth token is missing", "missing user oauth token")
+_JSON = (("Content-Type", "application/json"), ("Accept-Encoding", "identity"))
+_PLAIN = (("Accept-Encoding", "identity"),)
 
 
 class SubscriptionRefused(Exception):
@@ -71,16 +65,13 @@ def _message(payload: bytes) -> str:
 class HelixSubscriptions:
     """A grant's EventSub subscriptions at Twitch; see the module docstring."""
 
-    def __init__(self, client: HelixClient, *, helix_url: str, client_id: str,
-                 refresher: Refresher, grants: CachedGrantStore, login_url: str,
-                 gate: RateLimitGate | None = None) -> None:
-        self._client = client
+    def __init__(self, caller: HelixCaller, *, helix_url: str, refresher: Refresher,
+                 grants: CachedGrantStore, login_url: str) -> None:
+        self._caller = caller
         self._url = URL(helix_url.rstrip("/") + "/eventsub/subscriptions")
-        self._client_id = client_id
         self._refresher = refresher
         self._grants = grants
         self._login_url = login_url
-        self._gate = gate
 
     async def create(self, grant_id: str, key: SubscriptionKey,
                      session_id: str) -> CreatedSubscription:
@@ -89,7 +80,8 @@ class HelixSubscriptions:
             "type": key.type, "version": key.version, "condition": key.condition_dict(),
             "transport": {"method": "websocket", "session_id": session_id},
         }).encode()
-        status, payload = await self._call(grant_id, "POST", self._url, body)
+        status, payload = await self._call(grant_id, HelixRequest("POST", self._url, _JSON,
+                                                                  body))
         if status != 202:
             raise SubscriptionRefused(status, _message(payload) or "Twitch refused the "
                                       "subscription.")
@@ -105,26 +97,28 @@ class HelixSubscriptions:
 
     async def delete(self, grant_id: str, subscription_id: str) -> None:
         """Delete a subscription; one Twitch no longer has (404) is gone already."""
-        status, payload = await self._call(
-            grant_id, "DELETE", self._url.with_query(id=subscription_id), b"")
+        url = self._url.with_query(id=subscription_id)
+        status, payload = await self._call(grant_id, HelixRequest("DELETE", url, _PLAIN))
         if status not in (204, 404):
             raise SubscriptionRefused(status, _message(payload) or "Twitch refused the delete.")
 
-    async def _call(self, grant_id: str, method: str, url: URL,
-                    body: bytes) -> tuple[int, bytes]:
-        """One Helix call with the grant's token: refreshed once on an expired-token 401."""
+    async def _call(self, grant_id: str, request: HelixRequest) -> tuple[int, bytes]:
+        """One Helix call with the grant's current token; Twitch's status and body."""
         grant = await self._current(grant_id)
-        refreshed = False
-        while True:
-            status, payload = await self._send(grant, method, url, body)
-            if status == 401 and not refreshed and not any(
-                    text in _message(payload).lower() for text in _FINAL_401):
-                refreshed = True
-                grant = await self._refresher.refresh(grant.grant_id,
-                                                      stale_access_token=grant.access_token)
-                self._grants.remember(grant)
-                continue
-            return status, payload
+        answer = await self._caller.call(request, Credential("key", grant.access_token, grant))
+        response = answer.response
+        try:
+            payload = answer.body
+            if payload is None:
+                with upstream_errors():
+                    payload = await response.read()
+        finally:
+            response.release()
+        renewed = answer.credential.grant
+        if renewed is not None and renewed is not grant:
+            self._grants.remember(renewed)
+        check_gateway_answer(response.status, response.content_type)
+        return response.status, payload
 
     async def _current(self, grant_id: str) -> Grant:
         grant = await self._grants.cached_grant(grant_id)
@@ -135,23 +129,3 @@ class HelixSubscriptions:
         if fresh is not grant:
             self._grants.remember(fresh)
         return fresh
-
-    async def _send(self, grant: Grant, method: str, url: URL,
-                    body: bytes) -> tuple[int, bytes]:
-        bucket = Credential("key", grant.access_token, grant).bucket
-        if self._gate is not None:
-            await self._gate.wait_turn(bucket)
-        headers = [("Client-Id", self._client_id),
-                   ("Authorization", f"Bearer {grant.access_token}")]
-        if body:
-            headers.append(("Content-Type", "application/json"))
-        with upstream_errors():
-            answer = await self._client.request(method, url, headers, body)
-            try:
-                payload = await answer.read()
-            finally:
-                answer.release()
-        if self._gate is not None:
-            self._gate.observe(bucket, answer.status, answer.headers)
-        check_gateway_answer(answer.status, answer.content_type)
-        return answer.status, payload

@@ -1,0 +1,227 @@
+"""``GET /eventsub`` and ``POST /eventsub/tickets``: Twitch's live events for widgets.
+
+``GET /eventsub?type=channel.follow:2&type=channel.subscribe:1`` answers a
+``text/event-stream`` (Server-Sent Events, through aiohttp-sse) fed by the
+grant's EventSub session (:mod:`proxy.core.relay`):
+
+- ``event:`` the subscription type, ``id:`` a resumable event id, ``data:``
+  Twitch's ``event`` object plus ``subscription_type`` and
+  ``subscription_version``;
+- typed control events: ``revoked`` (Twitch's status), ``gap`` (events were
+  missed: a reconnect to Twitch, or a ``Last-Event-ID`` older than the
+  buffer), ``reauthorization_required`` (with ``login_url``) and ``error``
+  (a subscription refused, by Twitch with its status and message, or by the
+  proxy's own limits);
+- ``retry:`` at the start, and a comment line every ``heartbeat`` seconds
+  (Heroku's router closes a response that sent nothing for 55 s);
+- ``Last-Event-ID`` (the header a reconnecting ``EventSource`` sends, or the
+  ``last_event_id`` query parameter for a new one) resumes from the buffer.
+
+Conditions default to the grant's user; condition fields in the query
+(``broadcaster_user_id=...``) are checked (:mod:`proxy.core.relay_catalog`).
+Authentication: ``Authorization: Bearer tpk_...`` for fetch-based readers,
+or ``?ticket=`` from ``POST /eventsub/tickets`` (made with the key in the
+header) because ``EventSource`` cannot send headers. A proxy key is never
+accepted in a URL. Everything wrong with a request is a JSON error before the
+stream starts; once it has started, problems arrive as events.
+
+:func:`setup_eventsub` registers the routes, the relay's start and stop, and
+takes every service it needs as an argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from ...core.credential import proxy_key_in
+from ...core.grant_records import ACTIVE, Grant
+from ...core.relay import Relay, RelaySettings
+from ...core.relay_catalog import CONDITION_FIELDS, parse_type, resolve_subscriptions
+from ...core.relay_twitch import HelixSubscriptions
+from ...core.sealed_index import PROXY_KEY_PREFIX
+from ...core.tickets import TicketBook
+from ...errors import InvalidProxyKey, InvalidRequest, ReauthorizationRequired
+from ...services import Services
+from ...telemetry.context import note_grant
+from ...upstream.eventsub import EventSubSocket
+from ..middleware.requestlog import put_request_id
+
+__all__ = ["EventSubOptions", "InvalidTicket", "setup_eventsub"]
+
+#: Query parameters besides the condition fields.
+_PARAMETERS = frozenset(("type", "ticket", "last_event_id"))
+#: At most this many types per stream (each is a subscription the grant shares).
+_MAX_TYPES = 20
+
+
+class InvalidTicket(InvalidProxyKey):
+    """The ticket is unknown, was used already, or expired."""
+
+    code = "invalid_ticket"
+
+
+@dataclass(frozen=True, slots=True)
+class EventSubOptions:
+    """How the live-events routes behave (``twitch.eventsub_ws_url`` and ``eventsub.*``)."""
+
+    ws_url: str = "wss://eventsub.wss.twitch.tv/ws"
+    #: What the EventSub socket asks Twitch for (10..600 seconds).
+    keepalive_timeout: int = 30
+    relay: RelaySettings = RelaySettings()
+    ticket_ttl: float = 60.0
+    #: Seconds between comment lines on an idle stream.
+    heartbeat: float = 20.0
+    #: What ``retry:`` tells an EventSource to wait before reconnecting, in ms.
+    retry_ms: int = 3000
+
+
+class _EventSubRoutes:
+    """The two handlers, over the services and the relay built at start-up."""
+
+    def __init__(self, services: Services, options: EventSubOptions) -> None:
+        self._services = services
+        self._options = options
+        self.tickets = TicketBook(ttl=options.ticket_ttl)
+        self.relay: Relay | None = None
+
+    def build_relay(self) -> Relay:
+        """The relay, on the services opened at start-up."""
+        services, options = self._services, self._options
+        config = services.config
+        api = HelixSubscriptions(services.helix_caller, helix_url=config.twitch.helix_url,
+                                 refresher=services.refresher, grants=services.grants,
+                                 login_url=config.server.login_url)
+
+        def open_socket() -> EventSubSocket:
+            return EventSubSocket(services.http_session, options.ws_url,
+                                  keepalive_timeout=options.keepalive_timeout)
+
+        return Relay(api=api, open_socket=open_socket, login_url=config.server.login_url,
+                     settings=options.relay)
+
+    async def issue_ticket(self, request: web.Request) -> web.Response:
+        """``POST /eventsub/tickets`` with ``Authorization: Bearer tpk_...``."""
+        key = proxy_key_in(request.headers.get("Authorization", ""))
+        if key is None:
+            raise InvalidProxyKey("Send Authorization: Bearer <proxy key>.")
+        await self._grant_of(key)
+        ticket = self.tickets.issue(key)
+        return web.json_response(
+            {"ticket": ticket, "expires_in": int(self.tickets.ttl)}, status=201,
+            headers={"Cache-Control": "no-store"})
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """``GET /eventsub``: see the module docstring."""
+        query = request.query
+        unknown = sorted(set(query) - _PARAMETERS - CONDITION_FIELDS)
+        if unknown:
+            raise InvalidRequest(f"Unknown query parameter(s): {', '.join(unknown)[:200]}.")
+        if any(value.strip().startswith(PROXY_KEY_PREFIX) for value in query.values()):
+            raise InvalidRequest("A proxy key never goes in a URL: send it in the "
+                                 "Authorization header, or get a ticket from "
+                                 "POST /eventsub/tickets.")
+        for name in query:
+            if name != "type" and len(query.getall(name)) > 1:
+                raise InvalidRequest(f"{name} is given more than once.")
+        types = query.getall("type", [])
+        if len(types) > _MAX_TYPES:
+            raise InvalidRequest(f"At most {_MAX_TYPES} types per stream.")
+        for text in types:
+            parse_type(text)  # before a ticket is spent on a typo
+        grant = await self._authenticated(request)
+        if not grant.user_id:
+            raise InvalidRequest("This grant's Twitch user is not known yet; log in again.")
+        keys = resolve_subscriptions(
+            types, {name: query[name] for name in query if name in CONDITION_FIELDS},
+            user_id=grant.user_id)
+        relay = self.relay
+        if relay is None:
+            raise web.HTTPServiceUnavailable(reason="starting")  # pragma: no cover
+        note_grant(grant.grant_id)  # the request log names the grant, never the key
+        last_event_id = request.headers.get("Last-Event-ID") or query.get("last_event_id")
+
+        response = EventSourceResponse(ping_interval=self._options.heartbeat)
+        response.headers["Cache-Control"] = "no-store"
+        put_request_id(request, response)
+        await response.prepare(request)
+        await response.write(f"retry: {self._options.retry_ms}\n: connected\n\n".encode())
+        outbox = relay.attach(grant.grant_id, grant.user_id, keys, last_event_id)
+        # The heartbeat task ends when a write fails: the widget went away.
+        gone = asyncio.ensure_future(response.wait())
+        gone.add_done_callback(lambda _: outbox.close("disconnected"))
+        try:
+            while (chunk := await outbox.take()) is not None:
+                await response.write(chunk)
+        except ConnectionResetError:
+            pass
+        finally:
+            relay.detach(outbox)
+            response.stop_streaming()
+            gone.cancel()
+        return response
+
+    async def _authenticated(self, request: web.Request) -> Grant:
+        """The grant of the key in the header, or of the key a ticket was issued for."""
+        authorization = request.headers.get("Authorization", "")
+        if authorization:
+            key = proxy_key_in(authorization)
+            if key is None:
+                raise InvalidProxyKey("The Authorization header must be 'Bearer <proxy key>'.")
+        else:
+            ticket = request.query.get("ticket", "")
+            if not ticket:
+                raise InvalidProxyKey("Send Authorization: Bearer <proxy key>, or a ticket "
+                                      "from POST /eventsub/tickets as ?ticket=.")
+            key = self.tickets.redeem(ticket)
+            if key is None:
+                raise InvalidTicket("This ticket is unknown, used or expired: get a new one "
+                                    "from POST /eventsub/tickets.")
+        grant = await self._grant_of(key)
+        grants = self._services.grants
+        fresh = await self._services.refresher.ensure_fresh(grant)
+        if fresh is not grant:
+            grants.remember(fresh)
+        return fresh
+
+    async def _grant_of(self, key: str) -> Grant:
+        grant = await self._services.grants.grant_for_key(key)
+        if grant is None:
+            raise InvalidProxyKey("This proxy key is unknown or was revoked.")
+        if grant.state != ACTIVE:
+            raise ReauthorizationRequired("Twitch no longer accepts this grant: log in again.",
+                                          login_url=self._services.config.server.login_url)
+        return grant
+
+
+def _relay_ctx(routes: _EventSubRoutes) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def eventsub_relay_ctx(app: web.Application) -> AsyncIterator[None]:
+        routes.relay = routes.build_relay()
+        yield
+        await routes.relay.aclose()
+    return eventsub_relay_ctx
+
+
+def setup_eventsub(app: web.Application, services: Services, *,
+                   options: EventSubOptions | None = None) -> None:
+    """Register ``GET /eventsub`` and ``POST /eventsub/tickets``.
+
+    Call it after the services' cleanup context is appended (the relay is
+    built on the opened services) and before CORS is set up (the routes get
+    the same CORS as ``/helix``). At shutdown the widgets' streams end first,
+    so that the server does not wait for them.
+    """
+    routes = _EventSubRoutes(services, options or EventSubOptions())
+    app.cleanup_ctx.append(_relay_ctx(routes))
+
+    async def end_streams(app: web.Application) -> None:
+        if routes.relay is not None:
+            await routes.relay.aclose()
+
+    app.on_shutdown.append(end_streams)
+    app.router.add_get("/eventsub", routes.stream, name="eventsub")
+    app.router.add_post("/eventsub/tickets", routes.issue_ticket, name="eventsub_tickets")
