@@ -22,12 +22,20 @@ Modules, one concern each:
   every other Helix path is a 404.
 - :mod:`.control`: ``/_mock/...``, the same knobs over HTTP, for a proxy (and
   its tests) running in another process.
+- EventSub over WebSocket: :mod:`.eventsub_socket` serves ``/ws`` (the
+  mock's ``wss://eventsub.wss.twitch.tv/ws``: ``ws://<host>:<port>/ws``),
+  :mod:`.eventsub_helix` ``/helix/eventsub/subscriptions``,
+  :mod:`.eventsub_control` ``/_mock/eventsub/...`` (trigger events, reconnect,
+  revoke, silence, drop); :mod:`.eventsub_state` holds the sessions
+  (``MockTwitch.eventsub``), :mod:`.eventsub_catalog` the subscription types and
+  their sample events, :mod:`.eventsub_messages` the frames.
 - :mod:`.app`: :func:`create_mock_app`, :data:`mock_twitch_key` and :func:`main`.
 
 Run it alone with ``python -m proxy.mock_twitch --port 8081``; it prints its URL.
 """
 
 from .app import create_mock_app, main, mock_twitch_key
+from .eventsub_state import EventSubState, Session, Subscription, ws_url
 from .helix import HELIX_MAX_IDS
 from .oauth import CODE_TTL
 from .records import AccessToken, AuthorizationCode, HelixRequest, RefreshToken, Stream, User
@@ -54,12 +62,16 @@ __all__ = [
     "USER_ACCESS_TTL",
     "AccessToken",
     "AuthorizationCode",
+    "EventSubState",
     "HelixRequest",
     "MockTwitch",
     "RefreshToken",
+    "Session",
     "Stream",
+    "Subscription",
     "User",
     "create_mock_app",
     "main",
     "mock_twitch_key",
+    "ws_url",
 ]

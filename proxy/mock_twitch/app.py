@@ -15,6 +15,7 @@ from aiohttp import web
 from yarl import URL
 
 from .control import ControlEndpoints
+from .eventsub_control import EventSubControlEndpoints
 from .eventsub_helix import EVENTSUB_ROUTES
 from .eventsub_socket import EventSubSocketEndpoint
 from .helix import HELIX_ROUTES, HelixEndpoints
@@ -65,6 +66,7 @@ def create_mock_app(
     app.add_routes(OAuthEndpoints(mock).routes())
     app.add_routes(HelixEndpoints(mock, {**HELIX_ROUTES, **EVENTSUB_ROUTES}).routes())
     app.add_routes(EventSubSocketEndpoint(mock.eventsub).routes())
+    app.add_routes(EventSubControlEndpoints(mock.eventsub).routes())
     app.add_routes(ControlEndpoints(mock).routes())
     return app
 

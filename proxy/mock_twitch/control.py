@@ -5,7 +5,8 @@ state object. All JSON: ``GET /_mock/calls``, ``GET /_mock/state``,
 ``GET /_mock/helix_requests`` and ``POST /_mock/`` + ``reset_calls``,
 ``expire``, ``expire_app``, ``revoke_refresh``, ``issue``, ``hold_refresh``,
 ``fail``, ``delay``, ``ratelimit``, ``add_user``, ``set_live``, ``advance``.
-A malformed body is a 400 ``{"error": ...}``.
+A malformed body is a 400 ``{"error": ...}``. EventSub's are under
+``/_mock/eventsub/`` (:mod:`.eventsub_control`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from aiohttp import web
 
 from .state import FAILABLE_ENDPOINTS, MockTwitch
 
-__all__ = ["ControlEndpoints"]
+__all__ = ["ControlEndpoints", "bad_control", "json_body"]
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object, ``{}`` when there is no body."""
     raw = await request.read()
     if not raw.strip():
@@ -37,7 +38,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _bad_control(message: str) -> web.HTTPBadRequest:
+def bad_control(message: str) -> web.HTTPBadRequest:
+    """The 400 a control endpoint answers to a body it cannot use."""
     return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
@@ -109,7 +111,7 @@ class ControlEndpoints:
 
     async def expire(self, request: web.Request) -> web.Response:
         """``POST /_mock/expire`` with optional ``{"user_id"}``."""
-        body = await _json_body(request)
+        body = await json_body(request)
         return web.json_response(
             {"expired": self._state.expire_access_tokens(body.get("user_id"))}
         )
@@ -120,7 +122,7 @@ class ControlEndpoints:
 
     async def revoke_refresh(self, request: web.Request) -> web.Response:
         """``POST /_mock/revoke_refresh`` with optional ``{"user_id"}``."""
-        body = await _json_body(request)
+        body = await json_body(request)
         return web.json_response(
             {"revoked": self._state.revoke_refresh_tokens(body.get("user_id"))}
         )
@@ -133,13 +135,13 @@ class ControlEndpoints:
         another application; ``"refresh_token": false`` mints a bare access token.
         """
         state = self._state
-        body = await _json_body(request)
+        body = await json_body(request)
         scopes = body.get("scopes", [])
         if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
-            raise _bad_control("scopes must be a list of strings")
+            raise bad_control("scopes must be a list of strings")
         user_id = str(body.get("user_id", state.signed_in_user_id))
         if user_id not in state.users:
-            raise _bad_control("unknown user_id")
+            raise bad_control("unknown user_id")
         return web.json_response(state.mint_user_tokens(
             str(body.get("client_id", state.client_id)), user_id, scopes,
             with_refresh_token=bool(body.get("refresh_token", True))))
@@ -147,7 +149,7 @@ class ControlEndpoints:
     async def hold_refresh(self, request: web.Request) -> web.Response:
         """``POST /_mock/hold_refresh`` ``{"hold": bool}``: park refresh grants or let them go."""
         state = self._state
-        hold = bool((await _json_body(request)).get("hold", True))
+        hold = bool((await json_body(request)).get("hold", True))
         if hold and state.hold_refresh is None:
             state.hold_refresh = asyncio.Event()
         elif not hold and state.hold_refresh is not None:
@@ -158,53 +160,53 @@ class ControlEndpoints:
     async def fail(self, request: web.Request) -> web.Response:
         """``POST /_mock/fail`` ``{"endpoint", "status", "body", "times"?}``."""
         state = self._state
-        body = await _json_body(request)
+        body = await json_body(request)
         endpoint, status, times = body.get("endpoint"), body.get("status"), body.get("times", 1)
         if not isinstance(status, int) or not isinstance(times, int) or not 100 <= status <= 599:
-            raise _bad_control("status and times must be integers")
+            raise bad_control("status and times must be integers")
         try:
             state.queue_failure(str(endpoint), status, body.get("body"), times=times)
         except ValueError:
             problem = f"endpoint must be one of {sorted(FAILABLE_ENDPOINTS)}"
-            raise _bad_control(problem) from None
+            raise bad_control(problem) from None
         return web.json_response({"queued": len(state.fail_next[str(endpoint)])})
 
     async def delay(self, request: web.Request) -> web.Response:
         """``POST /_mock/delay`` ``{"token": s, "helix": s}`` (either may be left out)."""
         state = self._state
-        body = await _json_body(request)
+        body = await json_body(request)
         try:
             state.token_delay = float(body.get("token", state.token_delay))
             state.helix_delay = float(body.get("helix", state.helix_delay))
         except (TypeError, ValueError):
-            raise _bad_control("delays must be numbers") from None
+            raise bad_control("delays must be numbers") from None
         return web.json_response({"token": state.token_delay, "helix": state.helix_delay})
 
     async def ratelimit(self, request: web.Request) -> web.Response:
         """``POST /_mock/ratelimit`` ``{"limit": n}``: new bucket size; buckets start afresh."""
         state = self._state
-        limit = (await _json_body(request)).get("limit")
+        limit = (await json_body(request)).get("limit")
         if not isinstance(limit, int) or limit < 0:
-            raise _bad_control("limit must be a non-negative integer")
+            raise bad_control("limit must be a non-negative integer")
         state.ratelimit_limit = limit
         state.reset_ratelimits()
         return web.json_response({"limit": limit})
 
     async def add_user(self, request: web.Request) -> web.Response:
         """``POST /_mock/add_user`` ``{"user_id", "login", "display_name"?}``."""
-        body = await _json_body(request)
+        body = await json_body(request)
         if not isinstance(body.get("user_id"), str) or not isinstance(body.get("login"), str):
-            raise _bad_control("user_id and login are required strings")
+            raise bad_control("user_id and login are required strings")
         self._state.add_user(body["user_id"], body["login"], body.get("display_name"))
         return web.json_response({"user_id": body["user_id"]})
 
     async def set_live(self, request: web.Request) -> web.Response:
         """``POST /_mock/set_live`` ``{"user_id", "live"?: bool, "title"?, "game_name"?}``."""
         state = self._state
-        body = await _json_body(request)
+        body = await json_body(request)
         user_id = body.get("user_id")
         if user_id not in state.users:
-            raise _bad_control("unknown user_id")
+            raise bad_control("unknown user_id")
         if body.get("live", True):
             state.set_live(
                 user_id, body.get("title", "Mock stream"), body.get("game_name", "Just Chatting")
@@ -216,8 +218,8 @@ class ControlEndpoints:
     async def advance(self, request: web.Request) -> web.Response:
         """``POST /_mock/advance`` ``{"seconds": s}``: move the mock's clock forward."""
         state = self._state
-        seconds = (await _json_body(request)).get("seconds")
+        seconds = (await json_body(request)).get("seconds")
         if not isinstance(seconds, (int, float)):
-            raise _bad_control("seconds must be a number")
+            raise bad_control("seconds must be a number")
         state.advance(seconds)
         return web.json_response({"clock_offset": state.clock_offset})

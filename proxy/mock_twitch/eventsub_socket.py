@@ -74,7 +74,7 @@ class EventSubSocketEndpoint:
                 return ws
         pacer = asyncio.create_task(self._pace(session, conn, fresh=reconnect_id is None))
         try:
-            await self._read(conn)
+            await self._read(session, conn)
         finally:
             pacer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -82,7 +82,7 @@ class EventSubSocketEndpoint:
             state.connection_gone(session, conn)
         return ws
 
-    async def _read(self, conn: Connection) -> None:
+    async def _read(self, session: Session, conn: Connection) -> None:
         """Read until the socket closes: answer pings, note pongs, refuse data (4001)."""
         ws = conn.ws
         while True:
@@ -98,7 +98,7 @@ class EventSubSocketEndpoint:
             elif message.type == WSMsgType.PONG:
                 conn.awaiting_pong = False
             elif message.type in _DATA_FRAMES:
-                await conn.close(4001)
+                await self._state.close_connection(session, conn, 4001)
 
     async def _pace(self, session: Session, conn: Connection, *, fresh: bool) -> None:
         """The server's side of the clock: pings, keepalives and the unused-session close."""
@@ -113,11 +113,11 @@ class EventSubSocketEndpoint:
                 next_ping = now + state.ping_interval
                 continue
             if fresh and not session.ever_subscribed and now - welcomed >= session.keepalive:
-                await conn.close(4003)
+                await state.close_connection(session, conn, 4003)
                 return
             if now >= next_ping:
                 if conn.awaiting_pong:
-                    await conn.close(4002)
+                    await state.close_connection(session, conn, 4002)
                     return
                 conn.awaiting_pong = True
                 with contextlib.suppress(ConnectionError):

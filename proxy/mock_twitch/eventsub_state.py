@@ -34,6 +34,7 @@ from .eventsub_messages import (
     CLOSE_REASONS,
     CLOSE_STATUSES,
     keepalive_message,
+    notification_message,
     reconnect_message,
     revocation_message,
     timestamp,
@@ -68,6 +69,7 @@ MAX_TOTAL_COST = 10
 _LOG_LENGTH = 5000  # frames remembered per session (keepalives included)
 _RESENDABLE = 1000  # notifications and revocations kept per session for resending
 _ENDED_KEPT = 1000  # disabled subscriptions kept for Get EventSub Subscriptions
+_ENDED_SESSIONS_KEPT = 100  # ended sessions whose logs a test can still read
 
 
 @dataclass
@@ -187,6 +189,7 @@ class EventSubState:
         self.ping_interval = PING_INTERVAL
         self.max_total_cost = MAX_TOTAL_COST
         self.sessions: dict[str, Session] = {}
+        self.ended_sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
         self.ended_subscriptions: collections.deque[Subscription] = collections.deque(
             maxlen=_ENDED_KEPT)
         self.sequence = 0  # of every frame sent, across sessions
@@ -230,6 +233,10 @@ class EventSubState:
                                   self.now())
         await self._write(session, conn, message)
 
+    def find_session(self, session_id: str) -> Session | None:
+        """A live session, or one of the last ended ones (for its log)."""
+        return self.sessions.get(session_id) or self.ended_sessions.get(session_id)
+
     def bound_sessions(self, client_id: str, user_id: str) -> list[Session]:
         """The (client id, user)'s live sessions that hold subscriptions (its transports)."""
         return [session for session in self.sessions.values()
@@ -246,6 +253,16 @@ class EventSubState:
 
     def connection_gone(self, session: Session, conn: Connection) -> None:
         """A connection's handler has finished: end the session unless it moved on."""
+        code = conn.close_code if conn.close_code is not None else conn.ws.close_code
+        self._settle(session, conn, code)
+
+    async def close_connection(self, session: Session, conn: Connection, code: int) -> None:
+        """Close one of the session's sockets with ``code``; the session's fate is settled
+        first, so once the client sees the close the mock's state already shows it."""
+        self._settle(session, conn, code)
+        await conn.close(code)
+
+    def _settle(self, session: Session, conn: Connection, code: int | None) -> None:
         if conn in session.retiring:
             session.retiring.remove(conn)
             return
@@ -254,7 +271,6 @@ class EventSubState:
         if session.reconnect_id is not None:
             session.connection = None  # the reconnect grace decides
             return
-        code = conn.close_code if conn.close_code is not None else conn.ws.close_code
         self.end_session(session, CLOSE_STATUSES.get(code or 0, "websocket_disconnected"))
 
     def end_session(self, session: Session, status: str) -> None:
@@ -263,6 +279,9 @@ class EventSubState:
             return
         session.ended = True
         self.sessions.pop(session.id, None)
+        self.ended_sessions[session.id] = session
+        while len(self.ended_sessions) > _ENDED_SESSIONS_KEPT:
+            self.ended_sessions.popitem(last=False)
         if session.reconnect_id is not None:
             self._reconnects.pop(session.reconnect_id, None)
         ended_at = self.now()
@@ -295,6 +314,15 @@ class EventSubState:
         if session.connection is None:
             return False
         return await self._write(session, session.connection, message)
+
+    async def notify(self, sub: Subscription, event: dict[str, Any]) -> dict[str, Any] | None:
+        """A ``notification`` for an enabled ``sub``; its log entry, or None if not sent."""
+        session = self.sessions.get(sub.session_id)
+        if session is None or session.subscriptions.get(sub.id) is not sub:
+            return None
+        if not await self.deliver(session, notification_message(sub.helix(), event, self.now())):
+            return None
+        return session.log[-1]
 
     async def send_keepalive(self, session: Session) -> None:
         """A ``session_keepalive`` on the current connection."""
@@ -346,21 +374,21 @@ class EventSubState:
         if session.reconnect_id == reconnect_id:  # never reconnected
             session.reconnect_id = None
             self._reconnects.pop(reconnect_id, None)
-        await conn.close(4004)
         if session.connection is None or session.connection is conn:
             self.end_session(session, "websocket_disconnected")
+        await conn.close(4004)
 
     async def drop(self, session: Session, code: int | None) -> None:
         """End the session by closing its sockets with ``code``, or (None) cutting them."""
         conns = session.connections()
-        if code is not None:
+        if code is None:
+            self.end_session(session, "websocket_network_error")
             for conn in conns:
-                await conn.close(code)
-            self.end_session(session, CLOSE_STATUSES.get(code, "websocket_disconnected"))
+                conn.cut()
             return
+        self.end_session(session, CLOSE_STATUSES.get(code, "websocket_disconnected"))
         for conn in conns:
-            conn.cut()
-        self.end_session(session, "websocket_network_error")
+            await conn.close(code)
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
