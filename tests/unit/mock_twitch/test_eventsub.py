@@ -53,7 +53,7 @@ async def connect(client, keepalive=10, **options):
 
 async def subscribe(client, access_token, session_id, spec=FOLLOW, **extra):
     """POST /helix/eventsub/subscriptions; return (status, body)."""
-    body = {**spec, "transport": {"method": "websocket", "session_id": session_id}, **extra}
+    body = {"transport": {"method": "websocket", "session_id": session_id}, **spec, **extra}
     response = await client.post("/helix/eventsub/subscriptions", json=body,
                                  headers=helix_headers(access_token))
     return response.status, await response.json()
@@ -90,6 +90,15 @@ async def close_code(ws):
             return message.data
         if message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
             return None
+
+
+async def until(condition):
+    """Wait (a few seconds at most) until the mock's state shows ``condition()``."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the mock's state never got there")
 
 
 # -- welcome and keepalive ---------------------------------------------------------
