@@ -28,11 +28,12 @@ import aiohttp
 from .config import Config
 from .config.encryption_keys import parse_keys
 from .config.store_url import sqlite_path
+from .core.app_token import AppTokenProvider
 from .core.credential import Credential
 from .core.grant_cache import CachedGrantStore
 from .core.helix_call import HelixCaller
 from .core.limits import AbuseGuard
-from .core.refresh import AppTokenProvider, Refresher
+from .core.refresh import Refresher
 from .core.validator import Validator
 from .errors import StoreUnavailable
 from .store import open_store

@@ -36,8 +36,9 @@ from ..upstream.errors import upstream_errors
 from ..upstream.helix_client import HelixClient, HelixResponse
 from ..upstream.ratelimit import RateLimitGate
 from ..upstream.twitch import TwitchClient
+from .app_token import AppTokenProvider
 from .credential import Credential
-from .refresh import AppTokenProvider, Refresher
+from .refresh import Refresher
 
 __all__ = ["RETRY_503_DELAY", "HelixAnswer", "HelixCaller", "HelixRequest", "Observe",
            "classify_401"]

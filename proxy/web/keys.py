@@ -15,10 +15,11 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..core.app_token import AppTokenProvider
     from ..core.grant_cache import CachedGrantStore
     from ..core.grants import GrantStore
     from ..core.limits import AbuseGuard
-    from ..core.refresh import AppTokenProvider, Refresher
+    from ..core.refresh import Refresher
     from ..core.validator import Validator
     from ..store.base import TokenStore
     from ..telemetry.context import RequestIds
