@@ -11,7 +11,8 @@ EventSub WebSocket reference asks of a client is handled here:
 
 - the client never sends a data frame (Twitch closes with 4001 on any) nor a
   ping of its own; aiohttp answers Twitch's pings, and every socket is read
-  all the time (one reader task each), so a slow caller never delays a pong;
+  all the time (one reader task each), so a slow caller never delays a pong
+  (frames wait for it in memory: the caller should keep reading);
 - silence: any frame resets the timer; none for longer than the keepalive
   timeout the welcome announced, plus a margin, is a dead connection;
 - ``session_reconnect``: connect to its ``reconnect_url`` as given, keep
@@ -36,9 +37,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, NoReturn
 
 import aiohttp
@@ -47,6 +47,7 @@ from yarl import URL
 
 from .eventsub_messages import (
     EventSubMessage,
+    EventSubStats,
     Frame,
     MalformedFrame,
     RecentIds,
@@ -66,25 +67,6 @@ _ENDING = frozenset((aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
 
 #: How long closing a socket may wait for Twitch's close frame.
 _CLOSE_TIMEOUT = 2.0
-
-
-@dataclass(slots=True)
-class EventSubStats:
-    """Counters for metrics to read.
-
-    ``reconnects`` is keyed by why: ``"session_reconnect"`` for a reconnect
-    Twitch asked for (followed inside the session), else the reason the
-    previous session ended (``"keepalive_timeout"``, ``"closed_4005"``,
-    ``"network"``, ...) when :meth:`EventSubSocket.connect` is called again.
-    ``sessions_ended`` uses the same keys for every :class:`SessionEnded`.
-    """
-
-    connects: int = 0
-    reconnects: Counter[str] = field(default_factory=Counter)
-    sessions_ended: Counter[str] = field(default_factory=Counter)
-    messages_delivered: int = 0
-    duplicates_dropped: int = 0
-    malformed_frames: int = 0
 
 
 @dataclass(eq=False, slots=True)

@@ -6,8 +6,9 @@ Twitch's EventSub WebSocket reference defines every frame as JSON
 :func:`parse_session`), classifies the close codes 4000-4007 into the next
 step a caller should take (:func:`session_closed`), remembers recent message
 ids so that an at-least-once resend is delivered once (:class:`RecentIds`),
-and holds the two types callers see: :class:`EventSubMessage` (a notification
-or a revocation) and :class:`SessionEnded` (the session is over).
+and holds the types callers see: :class:`EventSubMessage` (a notification or
+a revocation), :class:`SessionEnded` (the session is over) and
+:class:`EventSubStats` (the counters a socket keeps).
 
 Nothing here does I/O; :mod:`proxy.upstream.eventsub` owns the sockets.
 """
@@ -15,13 +16,15 @@ Nothing here does I/O; :mod:`proxy.upstream.eventsub` owns the sockets.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "CLOSE_CODES",
     "CloseCode",
     "EventSubMessage",
+    "EventSubStats",
     "Frame",
     "MalformedFrame",
     "RecentIds",
@@ -236,3 +239,22 @@ class RecentIds:
         if len(self._ids) > self._capacity:
             del self._ids[next(iter(self._ids))]
         return True
+
+
+@dataclass(slots=True)
+class EventSubStats:
+    """An :class:`~proxy.upstream.eventsub.EventSubSocket`'s counters, for metrics to read.
+
+    ``reconnects`` is keyed by why: ``"session_reconnect"`` for a reconnect
+    Twitch asked for (followed inside the session), else the reason the
+    previous session ended (``"keepalive_timeout"``, ``"closed_4005"``,
+    ``"network"``, ...) when the same socket is connected again.
+    ``sessions_ended`` uses the same keys for every :class:`SessionEnded`.
+    """
+
+    connects: int = 0
+    reconnects: Counter[str] = field(default_factory=Counter)
+    sessions_ended: Counter[str] = field(default_factory=Counter)
+    messages_delivered: int = 0
+    duplicates_dropped: int = 0
+    malformed_frames: int = 0

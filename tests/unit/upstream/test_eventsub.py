@@ -4,7 +4,8 @@ The protocol's edge cases run against a scripted EventSub server: a real
 aiohttp WebSocket server on a real port whose frames each test sends by hand
 (:class:`ScriptedTwitch`). It records every frame the client sends, and every
 test ends by checking there was no data frame and no ping (Twitch closes with
-4001 on any). The reconnect hand-over is in ``test_eventsub_reconnect.py``.
+4001 on any). The reconnect hand-over is in ``test_eventsub_reconnect.py``,
+the same against the mock Twitch in ``test_eventsub_mock.py``.
 """
 
 from __future__ import annotations
@@ -393,22 +394,6 @@ async def test_other_closes_are_network_losses(make_socket, twitch, how):
         await conn.close(int(how.removeprefix("close_")))
     ended = await reader.end()
     assert (ended.reason, ended.close_code, ended.retry) == ("network", None, True)
-
-
-async def test_connect_again_after_the_end_is_a_fresh_session(make_socket, twitch):
-    eventsub, conn = await connected(make_socket, twitch, keepalive_timeout=10)
-    await conn.close(4007)
-    assert (await Collector(eventsub).end()).close_code == 4007
-    connecting = asyncio.create_task(eventsub.connect())
-    again = await twitch.accept()
-    assert again.query == {"keepalive_timeout_seconds": "10"}  # the base URL again
-    await again.send(welcome("session-2"))
-    assert await asyncio.wait_for(connecting, WAIT) == "session-2"
-    reader = Collector(eventsub)
-    await again.send(notification("fresh"))
-    await reader.count(1)
-    assert eventsub.stats.connects == 2
-    assert eventsub.stats.reconnects == {"closed_4007": 1}
 
 
 async def test_close_ends_quietly(make_socket, twitch):

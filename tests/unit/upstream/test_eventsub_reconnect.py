@@ -4,7 +4,8 @@ Twitch's reference: on ``session_reconnect`` connect to ``reconnect_url`` as
 given, keep the old socket until the new one's welcome, do not resubscribe.
 Frames arrive on both sockets around the switch, and Twitch may resend on the
 new one what it sent on the old: each message id must come out exactly once.
-Runs against the scripted server of ``test_eventsub.py`` (same fixtures).
+A session that ended is connected again, fresh, on the base URL. Runs
+against the scripted server of ``test_eventsub.py`` (same fixtures).
 """
 
 from __future__ import annotations
@@ -203,3 +204,22 @@ async def test_close_while_the_old_socket_drains(make_socket, twitch):
     await eventsub.close()
     assert await old.wait_closed() == 1000
     assert await new.wait_closed() == 1000
+
+
+# -- the caller's reconnect, after the session ended ----------------------------------
+
+
+async def test_connect_again_after_the_end_is_a_fresh_session(make_socket, twitch):
+    eventsub, conn = await connected(make_socket, twitch, keepalive_timeout=10)
+    await conn.close(4007)
+    assert (await Collector(eventsub).end()).close_code == 4007
+    connecting = asyncio.create_task(eventsub.connect())
+    again = await twitch.accept()
+    assert again.query == {"keepalive_timeout_seconds": "10"}  # the base URL again
+    await again.send(welcome("session-2"))
+    assert await asyncio.wait_for(connecting, WAIT) == "session-2"
+    reader = Collector(eventsub)
+    await again.send(notification("fresh"))
+    await reader.count(1)
+    assert eventsub.stats.connects == 2
+    assert eventsub.stats.reconnects == {"closed_4007": 1}
