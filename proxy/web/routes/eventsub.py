@@ -118,13 +118,13 @@ class _EventSubRoutes:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """``GET /eventsub``: see the module docstring."""
         query = request.query
-        unknown = sorted(set(query) - _PARAMETERS - CONDITION_FIELDS)
-        if unknown:
-            raise InvalidRequest(f"Unknown query parameter(s): {', '.join(unknown)[:200]}.")
         if any(value.strip().startswith(PROXY_KEY_PREFIX) for value in query.values()):
             raise InvalidRequest("A proxy key never goes in a URL: send it in the "
                                  "Authorization header, or get a ticket from "
                                  "POST /eventsub/tickets.")
+        unknown = sorted(set(query) - _PARAMETERS - CONDITION_FIELDS)
+        if unknown:
+            raise InvalidRequest(f"Unknown query parameter(s): {', '.join(unknown)[:200]}.")
         for name in query:
             if name != "type" and len(query.getall(name)) > 1:
                 raise InvalidRequest(f"{name} is given more than once.")
@@ -158,7 +158,15 @@ class _EventSubRoutes:
             while (chunk := await outbox.take()) is not None:
                 await response.write(chunk)
         except ConnectionResetError:
-            pass
+            pass  # the widget went away mid-write
+        except asyncio.CancelledError:
+            # With handler_cancellation, aiohttp cancels the handler when the
+            # widget goes away: for the stream that is its normal end (it was a
+            # 200, and the request log and metrics must say so). Any other
+            # cancellation goes on.
+            task = asyncio.current_task()
+            if request.transport is not None or task is None or task.uncancel():
+                raise
         finally:
             relay.detach(outbox)
             response.stop_streaming()
