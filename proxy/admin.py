@@ -7,7 +7,7 @@ which tells the servers' caches that something changed.
 
 - ``grants import --refresh-token X`` (``-`` reads it from stdin, which keeps it
   out of ``ps`` and shell history): refreshes X once through the
-  :class:`~proxy.refresh.Refresher`, which proves it and asks Twitch's validate
+  :class:`~proxy.core.refresh.Refresher`, which proves it and asks Twitch's validate
   endpoint whose it is (the spent X is remembered, so a widget still holding it
   gets the current pair), stores the grant and prints a new proxy key. The
   migration path for the old tool's users.

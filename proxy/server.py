@@ -102,7 +102,7 @@ async def _serve_in_process(config: Config,
     if not isinstance(app, web.Application):
         app = await app
     app.on_startup.append(freeze_startup_heap)  # after cleanup_ctx: see the docstring
-    runner = web.AppRunner(app, access_log=None,  # proxy.requestlog logs requests
+    runner = web.AppRunner(app, access_log=None,  # proxy.web.middleware.requestlog logs them
                            shutdown_timeout=config.server.shutdown_grace)
     await runner.setup()
     try:

@@ -1,6 +1,6 @@
 """The grant store the app uses: hot-path lookups from memory, invalidated across processes.
 
-:class:`CachedGrantStore` is the :class:`~proxy.grants.GrantStore` the app
+:class:`CachedGrantStore` is the :class:`~proxy.core.grants.GrantStore` the app
 uses. It answers the hot-path lookups (proxy key -> key record -> grant, and an
 old widget's refresh token -> its alias -> grant) from memory, so a request that
 changes nothing costs no store round trip. Correctness across processes comes
@@ -16,7 +16,7 @@ new marker (0.5 s by default). A lookup racing with a drop is not cached (the
 cache has an epoch; an entry read before a drop is not put back after it).
 When the marker cannot be read (store down), the cache is off until it can be.
 A remembered alias is checked against the grant on every use
-(:meth:`~proxy.grants.RefreshTokenRef.opens`), so a rotated token's replay
+(:meth:`~proxy.core.grant_records.RefreshTokenRef.opens`), so a rotated token's replay
 window ends on time here too. Lookups that decide a refresh (``load`` under
 the refresh lock) always read the store; ``/refresh``'s alias lookups may be
 :data:`REFRESH_REF_TTL` old.

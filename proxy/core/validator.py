@@ -7,14 +7,14 @@ basis thereafter." The :class:`Validator` does that for every active grant:
 - **valid**: ``last_validated_at`` is stamped on the grant, and its expiry is
   taken from Twitch's ``expires_in``;
 - **invalid** (401): the grant is refreshed through
-  :class:`~proxy.refresh.Refresher` (the only place refresh happens); a
+  :class:`~proxy.core.refresh.Refresher` (the only place refresh happens); a
   permanent refusal there marks the grant ``needs_reauth``, which ``/status``
   shows;
 - **Twitch failing** (5xx, timeout, unreachable) during validation or refresh:
   the grant is left as it is and tried again at the next sweep;
 - **needs_reauth for longer than** ``auth.purge_needs_reauth_after`` (30 days
   by default; 0: never): the grant is deleted with its keys and user index
-  (:meth:`~proxy.grants.GrantStore.delete`), so a widget's key to it gets 401
+  (:meth:`~proxy.core.grants.GrantStore.delete`), so a widget's key to it gets 401
   ``invalid_proxy_key``. The age is counted from ``updated_at``, stamped when
   the grant became needs_reauth; nothing writes a needs_reauth grant again but
   a new login, which makes it active. One log line per purge, grant id only.

@@ -1,1 +1,1 @@
-"""Logs and metrics: what the proxy tells its operator, never a token."""
+"""Logs, metrics and the request context: what the proxy tells its operator, never a token."""

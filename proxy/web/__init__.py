@@ -1,1 +1,1 @@
-"""The aiohttp application: routes, middlewares and the AppKeys that hold the services."""
+"""The aiohttp application: routes and middlewares given their services, and the AppKeys."""

@@ -1,7 +1,7 @@
 """Refuses a request whose header values are not text, before any handler reads them.
 
 aiohttp's HTTP parsers already refuse ASCII control characters in a header
-(they answer 400 themselves; :mod:`proxy.logs` makes that one INFO line), but
+(they answer 400 themselves; :mod:`proxy.telemetry.logs` makes that one INFO line), but
 they pass bytes above 0x7F through, decoded
 as UTF-8 with ``surrogateescape``: a value can then hold lone surrogates (bytes
 that are not UTF-8), C1 controls such as NEL or the Unicode line separators.

@@ -4,10 +4,10 @@
 bound to the browser by a cookie; ``/callback`` checks that state before it
 talks to Twitch, exchanges the code, learns who the user is, checks that
 Twitch granted no scope beyond what the login asked for (and this proxy
-offers), stores the grant through :meth:`proxy.refresh.Refresher.store_login`
+offers), stores the grant through :meth:`proxy.core.refresh.Refresher.store_login`
 (a new chain; never fewer scopes than the user's widgets already have) and
 mints a proxy key; ``POST /refresh`` is the old widgets' refresh call,
-backed by :mod:`proxy.refresh` so that concurrent and repeated calls with one
+backed by :mod:`proxy.core.refresh` so that concurrent and repeated calls with one
 refresh token cost Twitch a single refresh.
 """
 
