@@ -35,8 +35,8 @@ a request, so they cannot carry a token. ``web.HTTPException`` raised by aiohttp
 itself (404, 405, ...) passes through, re-rendered as the same JSON shape.
 
 Beneath those answers, the failures of the Helix client's own transport
-(:mod:`proxy.helix_client`), never rendered as they are:
-:class:`proxy.upstream_errors.upstream_errors` turns them into the
+(:mod:`proxy.upstream.helix_client`), never rendered as they are:
+:class:`proxy.upstream.errors.upstream_errors` turns them into the
 ``UpstreamError`` answers above::
 
     HelixTransportError             (the call to Twitch failed)
@@ -321,13 +321,13 @@ class KeyFileError(ProxyError):
     code = "store_key_file_unsafe"
 
 
-# -- the Helix client's transport: never rendered, mapped by proxy.upstream_errors ----------
+# -- the Helix client's transport: never rendered, mapped by proxy.upstream.errors ---------
 
 class HelixTransportError(Exception):
     """The Helix client's call to Twitch failed (see the subclasses).
 
     Not a :class:`ProxyError`: it says what broke on the wire, not what to
-    answer; :mod:`proxy.upstream_errors` decides that.
+    answer; :mod:`proxy.upstream.errors` decides that.
     """
 
 

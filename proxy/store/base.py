@@ -3,7 +3,7 @@
 The store knows nothing about grants or tokens: it keeps opaque bytes under
 string keys, with an optional time to live, and offers a compare-and-swap and a
 per-key lock. Everything token-shaped (serialisation, hashing, encryption) is
-layered on top in :mod:`proxy.grants`, so a backend is small and the contract
+layered on top in :mod:`proxy.core.grants`, so a backend is small and the contract
 test suite (``tests/store_contract.py``) can prove each one the same way.
 
 Contract, for every backend:

@@ -1,8 +1,8 @@
 """How failures talking to Twitch become the proxy's gateway errors.
 
 Both ways the proxy reaches Twitch pass through here: the OAuth client
-(:mod:`proxy.twitch`, on aiohttp) and ``/helix`` (:mod:`proxy.helix`, on
-:mod:`proxy.helix_client`). :class:`upstream_errors` maps what broke on the
+(:mod:`proxy.upstream.twitch`, on aiohttp) and ``/helix`` (on
+:mod:`proxy.upstream.helix_client`). :class:`upstream_errors` maps what broke on the
 wire:
 
 - no answer in time (:class:`TimeoutError`) -> :class:`~proxy.errors.UpstreamTimeout` (504)

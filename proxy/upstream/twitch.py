@@ -2,7 +2,7 @@
 
 One class, :class:`TwitchClient`, handed the app's shared ``ClientSession``.
 Every failure of a call becomes a proxy error (network failures through
-:mod:`proxy.upstream_errors`, the boundary ``/helix`` shares):
+:mod:`proxy.upstream.errors`, the boundary ``/helix`` shares):
 
 - connection refused or reset -> :class:`~proxy.errors.UpstreamUnreachable` (502)
 - no answer within ``twitch.timeout`` -> :class:`~proxy.errors.UpstreamTimeout` (504)
