@@ -28,14 +28,16 @@ Modules, one concern each:
   :mod:`.eventsub_control` ``/_mock/eventsub/...`` (trigger events, reconnect,
   revoke, silence, drop); :mod:`.eventsub_state` holds the sessions
   (``MockTwitch.eventsub``), :mod:`.eventsub_catalog` the subscription types and
-  their sample events, :mod:`.eventsub_messages` the frames.
+  their sample events, :mod:`.eventsub_messages` the frames and
+  :mod:`.eventsub_records` the sessions, connections and subscriptions.
 - :mod:`.app`: :func:`create_mock_app`, :data:`mock_twitch_key` and :func:`main`.
 
 Run it alone with ``python -m proxy.mock_twitch --port 8081``; it prints its URL.
 """
 
 from .app import create_mock_app, main, mock_twitch_key
-from .eventsub_state import EventSubState, Session, Subscription, ws_url
+from .eventsub_records import Session, Subscription
+from .eventsub_state import EventSubState, ws_url
 from .helix import HELIX_MAX_IDS
 from .oauth import CODE_TTL
 from .records import AccessToken, AuthorizationCode, HelixRequest, RefreshToken, Stream, User

@@ -49,7 +49,8 @@ from aiohttp import web
 
 from .control import bad_control, json_body
 from .eventsub_catalog import SUBSCRIPTION_TYPES, sample_event
-from .eventsub_state import EventSubState, Session, Subscription
+from .eventsub_records import Session, Subscription
+from .eventsub_state import EventSubState
 
 __all__ = ["EventSubControlEndpoints"]
 

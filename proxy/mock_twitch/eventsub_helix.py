@@ -32,12 +32,8 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from .eventsub_catalog import SUBSCRIPTION_TYPES, condition_problem, subscription_cost
-from .eventsub_state import (
-    MAX_SUBSCRIPTIONS_PER_TRANSPORT,
-    MAX_TRANSPORTS,
-    EventSubState,
-    Subscription,
-)
+from .eventsub_records import Subscription
+from .eventsub_state import MAX_SUBSCRIPTIONS_PER_TRANSPORT, MAX_TRANSPORTS, EventSubState
 from .helix import HelixHandler, helix_error
 from .records import AccessToken
 from .state import MockTwitch

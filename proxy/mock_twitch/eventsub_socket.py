@@ -27,7 +27,8 @@ import contextlib
 
 from aiohttp import WSMsgType, web
 
-from .eventsub_state import Connection, EventSubState, Session
+from .eventsub_records import Connection, Session
+from .eventsub_state import EventSubState
 
 __all__ = ["EventSubSocketEndpoint"]
 
