@@ -223,3 +223,26 @@ async def test_connect_again_after_the_end_is_a_fresh_session(make_socket, twitc
     await reader.count(1)
     assert eventsub.stats.connects == 2
     assert eventsub.stats.reconnects == {"closed_4007": 1}
+
+
+async def test_the_client_never_sends_a_frame(make_socket, twitch):
+    # Twitch closes with 4001 on any frame but a pong; the fixture checks every
+    # test's sockets, this one walks a whole session through on purpose.
+    eventsub, old = await connected(make_socket, twitch, drain_seconds=0.1)
+    reader = Collector(eventsub)
+    await old.ws.ping(b"1")
+    await old.send(notification("a"), keepalive(), reconnect(reconnect_url(twitch)))
+    new = await twitch.accept()
+    await new.send(welcome("session-1"), notification("b"))
+    await new.ws.ping(b"2")
+    await reader.count(2)
+    await old.wait_closed()
+
+    async def ponged() -> None:  # before the close, which discards what comes after it
+        while not new.pongs:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(ponged(), WAIT)
+    await new.close(4000)
+    assert (await reader.end()).close_code == 4000
+    assert (old.inbound, new.inbound) == ([], [])
+    assert (old.pongs, new.pongs) == ([b"1"], [b"2"])
