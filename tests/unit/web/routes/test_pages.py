@@ -1,7 +1,7 @@
 """proxy.web.routes.pages over real HTTP (no browser): headers, content, escaping, the kit.
 
 What a browser does with these pages (clicking, copying, CSP enforcement, the widget
-kit on other origins) is in tests/system/test_pages_browser.py.
+kit on other origins) is in tests/system/browser/.
 """
 
 from __future__ import annotations
