@@ -14,6 +14,7 @@ from yarl import URL
 from .encryption_keys import parse_keys
 from .schema import (
     Config,
+    EventSubConfig,
     HelixConfig,
     LimitsConfig,
     ServerConfig,
@@ -24,6 +25,7 @@ from .store_url import STORE_SCHEMES, sqlite_path
 
 __all__ = [
     "validate",
+    "validate_eventsub",
     "validate_helix_sharing",
     "validate_limits",
     "validate_other",
@@ -171,6 +173,24 @@ def validate_helix_sharing(config: Config) -> list[str]:
     return problems
 
 
+def validate_eventsub(eventsub: EventSubConfig, twitch: TwitchConfig) -> list[str]:
+    """Twitch's keepalive range, a ws(s) URL, and positive sizes and times."""
+    problems = []
+    url = URL(twitch.eventsub_ws_url)
+    if url.scheme not in ("ws", "wss") or not url.host:
+        problems.append(
+            f"twitch.eventsub_ws_url must be a ws(s) URL, got {twitch.eventsub_ws_url!r}"
+        )
+    if not 10 <= eventsub.keepalive <= 600:
+        problems.append("eventsub.keepalive must be 10 to 600 seconds (Twitch's range)")
+    for name in ("buffer_events", "buffer_age", "ticket_ttl", "heartbeat"):
+        if getattr(eventsub, name) <= 0:
+            problems.append(f"eventsub.{name} must be positive")
+    if eventsub.grace < 0:
+        problems.append("eventsub.grace must not be negative")
+    return problems
+
+
 def validate(config: Config) -> list[str]:
     """Every problem with a fully built configuration."""
     return (
@@ -178,4 +198,5 @@ def validate(config: Config) -> list[str]:
         + validate_server(config.server)
         + validate_store(config.store, config.server)
         + validate_other(config)
+        + validate_eventsub(config.eventsub, config.twitch)
     )
