@@ -320,3 +320,17 @@ async def test_resume_replays_only_what_the_widget_wants_or_says_gap(relay, hub)
     stale = relay.attach("g1", ME, [follow], last_event_id="0123abcd-2")
     (event, data), = await received(stale, 1)
     assert event == "gap" and data["reason"] == "resume_unavailable"
+
+
+async def test_a_session_closed_as_unused_is_not_reopened_for_nothing(relay, hub):
+    (follow,) = keys("channel.follow:2")
+    widget = relay.attach("g1", ME, [follow])
+    await settle(lambda: relay.channel("g1").subscriptions[follow] is not None)
+    twitch_id, socket = hub.socket_of(follow)
+    socket.inbox.put_nowait(EventSubMessage("m1", "revocation", "t", {
+        "id": twitch_id, "status": "version_removed"}, None))
+    assert (await received(widget, 1))[0][0] == "revoked"
+    socket.inbox.put_nowait(SessionEnded("closed", 4003, True, "connection unused"))
+    await settle(lambda: relay.channel("g1").sockets == 0)
+    await asyncio.sleep(0.05)
+    assert len(hub.sockets) == 1 and widget.pending() == 0  # no reconnect, no gap
