@@ -17,7 +17,8 @@ The pieces, one module each:
 - :mod:`.relay_stream`: frames encoded once, the resume buffer, outboxes;
 - :mod:`.relay_twitch`: creating and deleting subscriptions through Helix
   with the grant's token (refreshed as for ``/helix``);
-- :mod:`.relay_channel`: one grant's sockets, subscriptions and widgets.
+- :mod:`.relay_channel`: one grant's sockets, subscriptions and widgets;
+- :mod:`.relay_services`: the settings and the service protocols it is handed.
 
 The relay is handed its services (the subscriptions API, a factory of
 EventSub sockets) and never reads an application; ``proxy.web.routes.eventsub``
@@ -31,7 +32,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 from .relay_catalog import SubscriptionKey
-from .relay_channel import EventSubConnection, GrantChannel, RelaySettings, SubscriptionApi
+from .relay_channel import GrantChannel
+from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
 from .relay_stream import Outbox
 
 __all__ = ["Relay", "RelaySettings"]

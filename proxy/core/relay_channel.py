@@ -32,56 +32,23 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import ProxyError, ReauthorizationRequired
 from ..upstream.eventsub import EventSubMessage, SessionEnded
 from .relay_catalog import SubscriptionKey, subscription_cost
+from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
 from .relay_stream import Outbox, ResumeBuffer, encode_frame
-from .relay_twitch import CreatedSubscription, SubscriptionRefused
+from .relay_twitch import SubscriptionRefused
 
-__all__ = ["EventSubConnection", "GrantChannel", "RelaySettings", "SubscriptionApi"]
+__all__ = ["GrantChannel"]
 
 log = logging.getLogger(__name__)
 
 #: A session that lived this long before it died was healthy: backoff starts over.
 _HEALTHY_SESSION = 60.0
-
-
-class EventSubConnection(Protocol):
-    """What the channel needs of a socket (:class:`~proxy.upstream.eventsub.EventSubSocket`)."""
-
-    async def connect(self) -> str: ...
-
-    def messages(self) -> AsyncIterator[EventSubMessage]: ...
-
-    async def close(self) -> None: ...
-
-
-class SubscriptionApi(Protocol):
-    """What the channel needs of Twitch's subscriptions API (:mod:`.relay_twitch`)."""
-
-    async def create(self, grant_id: str, key: SubscriptionKey,
-                     session_id: str) -> CreatedSubscription: ...
-
-    async def delete(self, grant_id: str, subscription_id: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    """The relay's knobs; defaults are Twitch's limits and the documented behaviour."""
-
-    grace: float = 60.0
-    buffer_events: int = 200
-    buffer_age: float = 600.0
-    per_socket: int = 300
-    max_sockets: int = 3
-    max_total_cost: int = 10
-    outbox_limit: int = 1000
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
 
 
 @dataclass(eq=False)
