@@ -170,3 +170,14 @@ async def test_no_key_ticket_or_token_in_any_log_line(proxy, twitch_server, capl
     secrets = [key, ticket, ticket.removeprefix("tkt_"), result["access_token"],
                result["refresh_token"], "mock-client-secret"]
     assert reliability.leaks(secrets, text) == []
+
+
+def test_the_options_follow_the_configuration(proxy_config):
+    options = EventSubOptions.from_config(proxy_config)
+    eventsub = proxy_config.eventsub
+    assert options.ws_url == proxy_config.twitch.eventsub_ws_url == \
+        "wss://eventsub.wss.twitch.tv/ws"
+    assert (options.keepalive_timeout, options.ticket_ttl, options.heartbeat) == (
+        eventsub.keepalive, eventsub.ticket_ttl, eventsub.heartbeat) == (30, 60.0, 20.0)
+    assert (options.relay.grace, options.relay.buffer_events, options.relay.buffer_age) == (
+        eventsub.grace, eventsub.buffer_events, eventsub.buffer_age) == (60.0, 200, 600.0)

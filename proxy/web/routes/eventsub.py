@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
+from ...config import Config
 from ...core.credential import proxy_key_in
 from ...core.grant_records import ACTIVE, Grant
 from ...core.relay import Relay, RelaySettings
@@ -78,6 +79,16 @@ class EventSubOptions:
     heartbeat: float = 20.0
     #: What ``retry:`` tells an EventSource to wait before reconnecting, in ms.
     retry_ms: int = 3000
+
+    @classmethod
+    def from_config(cls, config: Config) -> EventSubOptions:
+        """The options ``twitch.eventsub_ws_url`` and the ``eventsub`` section ask for."""
+        eventsub = config.eventsub
+        return cls(ws_url=config.twitch.eventsub_ws_url, keepalive_timeout=eventsub.keepalive,
+                   relay=RelaySettings(grace=eventsub.grace,
+                                       buffer_events=eventsub.buffer_events,
+                                       buffer_age=eventsub.buffer_age),
+                   ticket_ttl=eventsub.ticket_ttl, heartbeat=eventsub.heartbeat)
 
 
 class _EventSubRoutes:
@@ -218,12 +229,13 @@ def setup_eventsub(app: web.Application, services: Services, *,
                    options: EventSubOptions | None = None) -> None:
     """Register ``GET /eventsub`` and ``POST /eventsub/tickets``.
 
+    ``options`` default to the configuration's (:meth:`EventSubOptions.from_config`).
     Call it after the services' cleanup context is appended (the relay is
     built on the opened services) and before CORS is set up (the routes get
     the same CORS as ``/helix``). At shutdown the widgets' streams end first,
     so that the server does not wait for them.
     """
-    routes = _EventSubRoutes(services, options or EventSubOptions())
+    routes = _EventSubRoutes(services, options or EventSubOptions.from_config(services.config))
     app.cleanup_ctx.append(_relay_ctx(routes))
 
     async def end_streams(app: web.Application) -> None:
