@@ -118,11 +118,20 @@ def setup_pages(app: web.Application) -> None:
     )
 
 
+def _config(request: web.Request) -> Config:
+    """The configuration, the one thing the pages read from the app.
+
+    Page helpers take only the request, as the handlers (and the tests) call
+    them; every other service reaches a handler when :mod:`proxy.web.app` builds it.
+    """
+    return request.app[config_key]
+
+
 def render(request: web.Request, name: str, *, status: int = 200,
            **context: Any) -> web.Response:
     """Render ``templates/<name>`` with :func:`page_headers`; values are passed as they are."""
     response = aiohttp_jinja2.render_template(name, request, context, status=status)
-    response.headers.update(page_headers(request.app[config_key]))
+    response.headers.update(page_headers(_config(request)))
     return response
 
 
@@ -216,7 +225,7 @@ def widget_snippet(public_url: str, proxy_key: str) -> str:
 
 def landing_page(request: web.Request) -> web.Response:
     """``/``: what this proxy is, the scope picker and "Connect with Twitch"."""
-    config = request.app[config_key]
+    config = _config(request)
     scope_choices = [
         _ScopeChoice(scope, SCOPE_DESCRIPTIONS.get(scope), scope in config.twitch.scopes)
         for scope in config.twitch.allowed_scopes
@@ -226,14 +235,14 @@ def landing_page(request: web.Request) -> web.Response:
         client_id=config.twitch.client_id,
         scope_choices=scope_choices,
         default_scopes=config.twitch.scopes,
-        public_url=public_url_for(request, request.app[config_key].server),
-        redirect_uri=redirect_uri_for(request, request.app[config_key].server),
+        public_url=public_url_for(request, config.server),
+        redirect_uri=redirect_uri_for(request, config.server),
     )
 
 
 def callback_page(request: web.Request, result: dict[str, Any]) -> web.Response:
     """The login result: key, tokens and snippet behind "show", each with a copy button."""
-    public_url = public_url_for(request, request.app[config_key].server)
+    public_url = public_url_for(request, _config(request).server)
     return render(
         request, "callback.html",
         login=result["login"],
@@ -328,7 +337,7 @@ def _error_text(exc: ProxyError) -> _ErrorText:
 
 def error_page(request: web.Request, exc: ProxyError) -> web.Response:
     """A page that says what went wrong and what to do next."""
-    config = request.app[config_key]
+    config = _config(request)
     text = _error_text(exc)
     advice = text.advice.replace("{ttl}", str(max(1, round(config.auth.state_ttl / 60))))
     retry_after = exc.headers().get("Retry-After")
@@ -367,6 +376,6 @@ def status_page(request: web.Request, status: dict[str, Any] | None, *,
     """``/status``: a form to paste a key, and the grant's state once one was sent."""
     grant = None
     if error is None and status is not None:
-        grant = _grant_view(request.app[config_key], status, time.time())
+        grant = _grant_view(_config(request), status, time.time())
     return render(request, "status.html", status=200 if error is None else error.status,
                   error=error, grant=grant)
