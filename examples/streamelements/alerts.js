@@ -170,8 +170,11 @@
       self.failures = 0;
       self.setState("listening", "");
     };
-    source.onerror = function () {
-      // The ticket is spent: reconnecting is ours to do, with a new one.
+    source.onerror = function (event) {
+      // The proxy's own "error" events (a refused subscription) carry data and
+      // are handled below; this is the connection failing. The ticket is
+      // spent: reconnecting is ours to do, with a new one.
+      if (event && event.data) return;
       source.close();
       if (self.source === source) self.failed(new HttpFailure(0, {}), generation);
     };

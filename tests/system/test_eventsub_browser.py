@@ -10,6 +10,7 @@ goes only into headers, never into a URL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -77,7 +78,8 @@ async def kit_server(aiohttp_server):
     fields: dict[str, Any] = {}
 
     async def se_alerts(request: web.Request) -> web.Response:
-        return host_page(sandboxed_iframe(_se_alerts_document(fields), "alerts"))
+        extra = {"showGifts": True} if request.query.get("gifts") else {}
+        return host_page(sandboxed_iframe(_se_alerts_document({**fields, **extra}), "alerts"))
 
     app = web.Application()
     app.router.add_get("/se-alerts.html", se_alerts)
@@ -148,6 +150,17 @@ async def test_the_alert_box_shows_follows_and_subs_and_a_lost_login(
         box = await _box(page)
         assert (box["title"], box["detail"]) == ("Bob", "subscribed at Tier 2!")
         assert box["state"] == "listening"
+
+    # A box asking for a type Twitch refuses (the mock has no gifted subs) says so,
+    # and keeps its stream instead of reconnecting in a loop.
+    gifts = problems.watch(await context.new_page())
+    await gifts.goto(str(kit_server.make_url("/se-alerts.html").with_query(gifts=1)))
+    await _wait([gifts], "r.dataset.state === 'refused'")
+    assert "channel.subscription.gift" in (await _box(gifts))["message"]
+    streams_opened = sum("/eventsub?" in url for url in urls)
+    await asyncio.sleep(3)  # past the box's first reconnect delay (2 s)
+    assert sum("/eventsub?" in url for url in urls) == streams_opened
+    await gifts.close()
 
     # The streamer disconnects the app at Twitch; the next subscription finds out.
     mock.expire_access_tokens(DEFAULT_USER_ID)
