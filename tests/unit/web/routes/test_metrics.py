@@ -5,12 +5,13 @@ Scraping over HTTP (who may, what it shows) is tested in tests/unit/telemetry/te
 
 from __future__ import annotations
 
+from proxy.core.grant_locks import RefreshOutcome
 from proxy.core.grant_records import Grant
 from proxy.core.grants import GrantStore
 from proxy.core.validator import ValidationOutcome
 from proxy.store import MemoryStore
 from proxy.store.crypto import PlainCipher
-from proxy.telemetry.metrics import VALIDATION_OUTCOMES, Metrics
+from proxy.telemetry.metrics import REFRESH_OUTCOMES, VALIDATION_OUTCOMES, Metrics
 from proxy.web.routes.metrics import GrantCounter
 
 
@@ -50,3 +51,9 @@ def test_validation_outcomes_shown_from_the_start_are_the_validators():
     counted = {value for name, value in vars(ValidationOutcome).items()
                if name.isupper()} - {ValidationOutcome.SKIPPED, ValidationOutcome.PURGED}
     assert set(VALIDATION_OUTCOMES) == counted
+
+
+def test_refresh_outcomes_shown_from_the_start_are_the_refreshers():
+    """Likewise every outcome the refresher reports."""
+    reported = {value for name, value in vars(RefreshOutcome).items() if name.isupper()}
+    assert set(REFRESH_OUTCOMES) == reported
