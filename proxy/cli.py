@@ -100,6 +100,7 @@ def _load(args: argparse.Namespace, mock_port: int | None) -> Config:
             "twitch.client_secret": MOCK_CLIENT_SECRET,
             "twitch.id_url": mock,
             "twitch.helix_url": f"{mock}/helix",
+            "twitch.eventsub_ws_url": f"ws://127.0.0.1:{mock_port}/ws",
         })
         defaults["store.url"] = MOCK_STORE_URL
         # Not even validated: the mock mode never opens them (see _on_mock_store).
@@ -177,7 +178,9 @@ def _serve(config: Config, mock_port: int | None) -> None:
     serve(config, _with_mock(config, mock_port),
           banner=f"mock Twitch on http://127.0.0.1:{mock_port} (client id {MOCK_CLIENT_ID}); "
                  f"tokens are kept in an in-memory store ({MOCK_STORE_URL}), lost at exit; "
-                 f"open {config.server.public_url}/ to try the flow")
+                 f"open {config.server.public_url}/ to try the flow; fire a live event with "
+                 f"curl -X POST http://127.0.0.1:{mock_port}/_mock/eventsub/trigger "
+                 "-d '{\"type\":\"channel.follow\"}'")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

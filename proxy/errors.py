@@ -1,4 +1,4 @@
-"""Every error the proxy raises, and the middleware that renders them as JSON.
+"""Every error the proxy raises: the whole tree, and nothing else.
 
 The hierarchy of the proxy's answers::
 
@@ -9,6 +9,7 @@ The hierarchy of the proxy's answers::
     │   └── InvalidHeader           (400 invalid_header)
     ├── AccessDenied                (400 access_denied)
     ├── InvalidProxyKey             (401 invalid_proxy_key)
+    │   └── InvalidTicket           (401 invalid_ticket)
     ├── ReauthorizationRequired     (401 reauthorization_required)
     ├── InvalidTwitchToken          (401 invalid_token)
     ├── Forbidden                   (403 forbidden)
@@ -30,9 +31,9 @@ The hierarchy of the proxy's answers::
     └── KeyFileError                (500 store_key_file_unsafe)
 
 Every one renders as JSON ``{"error": code, "message": text}`` plus any extra
-fields the error carries. Messages are written by the proxy, never copied from
-a request, so they cannot carry a token. ``web.HTTPException`` raised by aiohttp
-itself (404, 405, ...) passes through, re-rendered as the same JSON shape.
+fields the error carries (:mod:`proxy.web.middleware.errors` does it). Messages
+are written by the proxy, never copied from a request, so they cannot carry a
+token.
 
 Beneath those answers, the failures of the Helix client's own transport
 (:mod:`proxy.upstream.helix_client`), never rendered as they are:
@@ -46,14 +47,9 @@ Beneath those answers, the failures of the Helix client's own transport
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import time
 from typing import Any
-
-from aiohttp import web
-from aiohttp.typedefs import Handler
 
 __all__ = [
     "AccessDenied",
@@ -68,6 +64,7 @@ __all__ = [
     "InvalidProxyKey",
     "InvalidRequest",
     "InvalidState",
+    "InvalidTicket",
     "InvalidTwitchToken",
     "KeyFileError",
     "LockTimeout",
@@ -85,11 +82,7 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "UpstreamUnreachable",
-    "error_middleware",
-    "json_error",
 ]
-
-log = logging.getLogger(__name__)
 
 
 class ProxyError(Exception):
@@ -152,6 +145,12 @@ class InvalidProxyKey(ProxyError):
 
     status = 401
     code = "invalid_proxy_key"
+
+
+class InvalidTicket(InvalidProxyKey):
+    """The ticket is unknown, was used already, or expired."""
+
+    code = "invalid_ticket"
 
 
 class ReauthorizationRequired(ProxyError):
@@ -337,53 +336,3 @@ class ConnectFailed(HelixTransportError):
 
 class ConnectionBroken(HelixTransportError):
     """The connection failed mid-call, or the answer was not valid HTTP."""
-
-
-def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-               **extra: Any) -> web.Response:
-    """Build the JSON error response every error path uses."""
-    return web.Response(
-        status=status,
-        text=json.dumps({"error": code, "message": message, **extra}),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-_HTTP_CODES = {
-    400: "invalid_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    431: "headers_too_large",
-}
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into ``{"error", "message"}`` JSON; log the unexpected once."""
-    try:
-        return await handler(request)
-    except ProxyError as exc:
-        if exc.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.code)
-        return web.Response(
-            status=exc.status,
-            text=json.dumps(exc.body()),
-            content_type="application/json",
-            headers=exc.headers(),
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json" or exc.text and \
-                exc.content_type == "text/html":
-            raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return json_error(exc.status, code, exc.reason, headers=headers)
-    except Exception:
-        # Logged with its traceback, but never with locals: the traceback names
-        # code lines, not the tokens that were in flight.
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return json_error(500, "internal_error", "Unexpected error; see the proxy's log.")

@@ -17,10 +17,12 @@ Routes, by module:
 - ``/healthz``, ``/readyz``                     -> :mod:`proxy.web.routes.health`
 - ``/metrics``                                  -> :mod:`proxy.web.routes.metrics`
 - ``/openapi.json``                             -> :mod:`proxy.web.routes.openapi`
+- ``/eventsub``, ``POST /eventsub/tickets``     -> :mod:`proxy.web.routes.eventsub`
+  (live events, relayed by :mod:`proxy.core.relay`)
 
 Every request passes :mod:`proxy.web.middleware.requestlog` first (request id,
 the router's view of the client, one log line, metrics), then the JSON errors
-(:func:`proxy.errors.error_middleware`), then
+(:func:`proxy.web.middleware.errors.error_middleware`), then
 :mod:`proxy.web.middleware.header_check` (header values that are not text are
 refused before anything reads them), then :mod:`proxy.web.middleware.abuse`
 (the limits each route declares in :data:`ROUTE_LIMITS`).
@@ -37,7 +39,6 @@ from pathlib import Path
 from aiohttp import web
 
 from ..config import Config
-from ..errors import error_middleware
 from ..services import Services
 from .cors import setup_cors
 from .keys import (
@@ -58,9 +59,11 @@ from .keys import (
     validator_key,
 )
 from .middleware.abuse import RouteLimits, abuse_middleware, handler_args
+from .middleware.errors import error_middleware
 from .middleware.header_check import header_check_middleware
 from .middleware.requestlog import request_middleware
 from .routes import pages
+from .routes.eventsub import EventSubOptions, setup_eventsub
 from .routes.health import setup_health
 from .routes.helix import setup_helix
 from .routes.metrics import setup_metrics
@@ -85,8 +88,12 @@ ROUTE_LIMITS = {
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
-def create_app(config: Config) -> web.Application:
-    """Build the proxy application for ``config``; no I/O happens here."""
+def create_app(config: Config, *, eventsub: EventSubOptions | None = None) -> web.Application:
+    """Build the proxy application for ``config``; no I/O happens here.
+
+    ``eventsub`` replaces the live-events options the configuration gives (tests shorten
+    their grace periods and backoff).
+    """
     services = Services(config)  # in memory only until services_ctx opens the rest
     app = web.Application(
         middlewares=[
@@ -120,6 +127,7 @@ def create_app(config: Config) -> web.Application:
     setup_status(app, services)
     setup_metrics(app, services)
     setup_openapi(app)
+    setup_eventsub(app, services, options=eventsub)  # after the services, before CORS
     setup_cors(app, config.cors.allow_origins)
     static = resources.files("proxy").joinpath("static")
     app.router.add_static("/static", Path(str(static)), name="static")

@@ -1,8 +1,7 @@
 """Fixtures and helpers shared by the ``test_eventsub*`` suites (no tests of its own).
 
-The proxy is the real app from ``create_app`` with the live-events routes
-wired in the way ``proxy.web.routes.eventsub.setup_eventsub`` asks (after the
-services, before CORS), served on a real port; the mock Twitch serves its
+The proxy is the real app from ``create_app`` (with short grace periods and
+backoff), served on a real port; the mock Twitch serves its
 EventSub WebSocket at ``/ws`` and its subscriptions API on the same port, and
 is driven through its ``/_mock/eventsub/*`` control endpoints. Widgets are
 plain HTTP clients reading the ``text/event-stream`` line by line.
@@ -19,11 +18,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-import proxy.web.app as app_module
 from proxy.core.relay import RelaySettings
 from proxy.mock_twitch import DEFAULT_USER_ID
 from proxy.mock_twitch.eventsub_state import ws_url
-from proxy.web.routes.eventsub import EventSubOptions, setup_eventsub
+from proxy.web.app import create_app
+from proxy.web.routes.eventsub import EventSubOptions
 from tests.helpers import login
 
 __all__ = ["ME", "SCOPES", "Event", "Widget", "control", "eventsub_options", "grant_key",
@@ -49,22 +48,9 @@ def eventsub_options(twitch_server) -> EventSubOptions:
 
 
 @pytest.fixture
-async def proxy(aiohttp_client, proxy_config, monkeypatch, eventsub_options) -> TestClient:
-    """A client of a real proxy server whose app has /eventsub wired in."""
-    made: list[Any] = []
-    real_services, real_cors = app_module.Services, app_module.setup_cors
-
-    def services(config: Any) -> Any:
-        made.append(real_services(config))
-        return made[-1]
-
-    def cors_after_eventsub(app: Any, origins: Any) -> None:
-        setup_eventsub(app, made[-1], options=eventsub_options)
-        real_cors(app, origins)
-
-    monkeypatch.setattr(app_module, "Services", services)
-    monkeypatch.setattr(app_module, "setup_cors", cors_after_eventsub)
-    return await aiohttp_client(app_module.create_app(proxy_config))
+async def proxy(aiohttp_client, proxy_config, eventsub_options) -> TestClient:
+    """A client of a real proxy server with the test's live-events options."""
+    return await aiohttp_client(create_app(proxy_config, eventsub=eventsub_options))
 
 
 async def grant_key(proxy: TestClient) -> dict[str, Any]:

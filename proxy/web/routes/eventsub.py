@@ -46,24 +46,18 @@ from ...core.relay_catalog import CONDITION_FIELDS, parse_type, resolve_subscrip
 from ...core.relay_twitch import HelixSubscriptions
 from ...core.sealed_index import PROXY_KEY_PREFIX
 from ...core.tickets import TicketBook
-from ...errors import InvalidProxyKey, InvalidRequest, ReauthorizationRequired
+from ...errors import InvalidProxyKey, InvalidRequest, InvalidTicket, ReauthorizationRequired
 from ...services import Services
 from ...telemetry.context import note_grant
 from ...upstream.eventsub import EventSubSocket
 from ..middleware.requestlog import put_request_id
 
-__all__ = ["EventSubOptions", "InvalidTicket", "setup_eventsub"]
+__all__ = ["EventSubOptions", "setup_eventsub"]
 
 #: Query parameters besides the condition fields.
 _PARAMETERS = frozenset(("type", "ticket", "last_event_id"))
 #: At most this many types per stream (each is a subscription the grant shares).
 _MAX_TYPES = 20
-
-
-class InvalidTicket(InvalidProxyKey):
-    """The ticket is unknown, was used already, or expired."""
-
-    code = "invalid_ticket"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ...errors import StoreUnavailable, json_error
+from ...errors import StoreUnavailable
 from ...services import Services
+from ..middleware.errors import json_error
 
 __all__ = ["setup_health"]
 

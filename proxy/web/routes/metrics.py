@@ -30,10 +30,11 @@ from aiohttp import web
 from ...core.credential import bearer_token
 from ...core.grant_records import ACTIVE, NEEDS_REAUTH
 from ...core.grants import GrantStore
-from ...errors import Forbidden, json_error
+from ...errors import Forbidden
 from ...services import Services
 from ...telemetry.metrics import CONTENT_TYPE, Metrics
 from ..forwarded import is_loopback_client
+from ..middleware.errors import json_error
 
 __all__ = ["GrantCounter", "setup_metrics"]
 
