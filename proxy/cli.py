@@ -88,6 +88,9 @@ def _free_port() -> int:
         return port
 
 
+MOCK_SCOPES = ("user:read:email", "moderator:read:followers", "channel:read:subscriptions")
+
+
 def _load(args: argparse.Namespace, mock_port: int | None) -> Config:
     flags = _flags(args)
     defaults: dict[str, Any] = {}
@@ -103,6 +106,9 @@ def _load(args: argparse.Namespace, mock_port: int | None) -> Config:
             "twitch.eventsub_ws_url": f"ws://127.0.0.1:{mock_port}/ws",
         })
         defaults["store.url"] = MOCK_STORE_URL
+        # What the widget kit's alert box subscribes to (follows, subs), so the demo's
+        # first login can fire an alert; a config file or flag still wins.
+        defaults["twitch.scopes"] = MOCK_SCOPES
         # Not even validated: the mock mode never opens them (see _on_mock_store).
         environ = {k: v for k, v in os.environ.items() if k not in _STORE_VARIABLES}
     return load_config(path=args.config, environ=environ, flags=flags, defaults=defaults)
