@@ -17,7 +17,7 @@ import pytest
 
 from proxy.mock_twitch import DEFAULT_USER_ID, MockTwitch, create_mock_app
 from proxy.upstream.eventsub import EventSubSocket
-from tests.unit.upstream.test_eventsub import WAIT, Collector
+from tests.unit.upstream.test_eventsub_support import WAIT, Collector
 
 CLIENT_ID = "mock-client-id"
 FOLLOW = {"type": "channel.follow", "version": "2",

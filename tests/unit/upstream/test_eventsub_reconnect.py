@@ -5,7 +5,7 @@ given, keep the old socket until the new one's welcome, do not resubscribe.
 Frames arrive on both sockets around the switch, and Twitch may resend on the
 new one what it sent on the old: each message id must come out exactly once.
 A session that ended is connected again, fresh, on the base URL. Runs
-against the scripted server of ``test_eventsub.py`` (same fixtures).
+against the scripted server of ``test_eventsub_support.py``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from tests.unit.upstream import test_eventsub as scripted
-from tests.unit.upstream.test_eventsub import (
+from tests.unit.upstream import test_eventsub_support as scripted
+from tests.unit.upstream.test_eventsub_support import (
     WAIT,
     Collector,
     closed_port,
