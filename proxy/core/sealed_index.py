@@ -229,6 +229,24 @@ class SealedIndex:
         name = f"key:{token_hash(key)}"
         return KeyRecord.from_value(self._unseal(name, await self.store.get(name)))
 
+    async def put_ticket(self, digest: str, key: str, *, ttl: float) -> None:
+        """Keep a single-use ticket (by its hash) for ``key``, sealed, for ``ttl`` seconds."""
+        name = f"ticket:{digest}"
+        await self.store.put(name, self._seal(name, key), ttl=ttl)
+
+    async def take_ticket(self, digest: str) -> str | None:
+        """The key a ticket was issued for, to exactly one caller; None if unknown or used.
+
+        Every process of the proxy sees the same tickets (they live in the store); of
+        two requests racing with one ticket, only the one whose delete succeeded gets
+        the key.
+        """
+        name = f"ticket:{digest}"
+        value = self._unseal(name, await self.store.get(name))
+        if not isinstance(value, str) or not await self.store.delete(name):
+            return None
+        return value
+
     async def revoke_key(self, key: str) -> bool:
         """Revoke a proxy key by its value."""
         return await self.store.delete(f"key:{token_hash(key)}")
