@@ -91,7 +91,7 @@ class _EventSubRoutes:
     def __init__(self, services: Services, options: EventSubOptions) -> None:
         self._services = services
         self._options = options
-        self.tickets = TicketBook(ttl=options.ticket_ttl)
+        self.tickets: TicketBook | None = None  # built with the relay, at start-up
         self.relay: Relay | None = None
 
     def build_relay(self) -> Relay:
@@ -115,9 +115,10 @@ class _EventSubRoutes:
         if key is None:
             raise InvalidProxyKey("Send Authorization: Bearer <proxy key>.")
         await self._grant_of(key)
-        ticket = self.tickets.issue(key)
+        tickets = self._started(self.tickets)
+        ticket = await tickets.issue(key)
         return web.json_response(
-            {"ticket": ticket, "expires_in": int(self.tickets.ttl)}, status=201,
+            {"ticket": ticket, "expires_in": int(tickets.ttl)}, status=201,
             headers={"Cache-Control": "no-store"})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
@@ -190,7 +191,7 @@ class _EventSubRoutes:
             if not ticket:
                 raise InvalidProxyKey("Send Authorization: Bearer <proxy key>, or a ticket "
                                       "from POST /eventsub/tickets as ?ticket=.")
-            key = self.tickets.redeem(ticket)
+            key = await self._started(self.tickets).redeem(ticket)
             if key is None:
                 raise InvalidTicket("This ticket is unknown, used or expired: get a new one "
                                     "from POST /eventsub/tickets.")
@@ -200,6 +201,16 @@ class _EventSubRoutes:
         if fresh is not grant:
             grants.remember(fresh)
         return fresh
+
+    def build_tickets(self) -> TicketBook:
+        """The ticket book, on the opened grant store (every worker sees every ticket)."""
+        return TicketBook(self._services.grants, ttl=self._options.ticket_ttl)
+
+    @staticmethod
+    def _started(tickets: TicketBook | None) -> TicketBook:
+        if tickets is None:
+            raise web.HTTPServiceUnavailable(reason="starting")  # pragma: no cover
+        return tickets
 
     async def _grant_of(self, key: str) -> Grant:
         grant = await self._services.grants.grant_for_key(key)
@@ -214,6 +225,7 @@ class _EventSubRoutes:
 def _relay_ctx(routes: _EventSubRoutes) -> Callable[[web.Application], AsyncIterator[None]]:
     async def eventsub_relay_ctx(app: web.Application) -> AsyncIterator[None]:
         routes.relay = routes.build_relay()
+        routes.tickets = routes.build_tickets()
         yield
         await routes.relay.aclose()
     return eventsub_relay_ctx
