@@ -25,6 +25,9 @@ EventSub WebSocket reference asks of a client is handled here:
 - close codes 4000-4007 become :class:`SessionEnded` with the next step
   (:data:`~proxy.upstream.eventsub_messages.CLOSE_CODES`).
 
+Each WebSocket (opened up to its welcome, read by its own task, closed) is a
+:class:`~proxy.upstream.eventsub_link.Link`; this module makes a session of them.
+
 A session that ended can be connected again with :meth:`connect`: always to
 the base URL, as a fresh session whose subscriptions must be created again.
 :attr:`EventSubSocket.stats` counts reconnects by reason and duplicates
@@ -39,12 +42,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, NoReturn
+from typing import NoReturn
 
 import aiohttp
-from aiohttp.http import WS_CLOSED_MESSAGE
 from yarl import URL
 
+from .eventsub_link import ENDING, Link, close_link, log_url, open_link, start_reader
 from .eventsub_messages import (
     EventSubMessage,
     EventSubStats,
@@ -61,30 +64,12 @@ __all__ = ["EventSubMessage", "EventSubSocket", "EventSubStats", "SessionEnded"]
 
 log = logging.getLogger(__name__)
 
-#: Frames that end a socket, as aiohttp's ``receive()`` reports them.
-_ENDING = frozenset((aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                     aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR))
-
-#: How long closing a socket may wait for Twitch's close frame.
-_CLOSE_TIMEOUT = 2.0
-
-
-@dataclass(eq=False, slots=True)
-class _Link:
-    """One WebSocket to Twitch, welcomed, and the task that reads it."""
-
-    ws: aiohttp.ClientWebSocketResponse[Literal[True]]
-    session_id: str
-    keepalive: float
-    last_frame: float
-    reader: asyncio.Task[None] | None = None
-
 
 @dataclass(frozen=True, slots=True)
 class _Switch:
     """Queued when a reconnect's new socket was welcomed (or failed)."""
 
-    link: _Link | None
+    link: Link | None
     failure: SessionEnded | None = None
 
 
@@ -92,16 +77,7 @@ class _Stop:
     """Queued when a session is torn down: ``messages()`` returns."""
 
 
-_Item = tuple[_Link, aiohttp.WSMessage] | _Switch | _Stop
-
-
-def _log_url(url: str | URL) -> str:
-    """A URL without its query and fragment, fit for a log line."""
-    return str(URL(url).with_query(None).with_fragment(None))
-
-
-def _end_key(ended: SessionEnded) -> str:
-    return ended.reason if ended.close_code is None else f"{ended.reason}_{ended.close_code}"
+_Item = tuple[Link, aiohttp.WSMessage] | _Switch | _Stop
 
 
 class EventSubSocket:
@@ -126,8 +102,8 @@ class EventSubSocket:
         self._drain_seconds = drain_seconds
         self._recent = RecentIds(remembered_ids)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._current: _Link | None = None
-        self._draining: set[_Link] = set()  # old sockets of a reconnect, read a little longer
+        self._current: Link | None = None
+        self._draining: set[Link] = set()  # old sockets of a reconnect, read a little longer
         self._pending: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._last_end: SessionEnded | None = None
@@ -148,7 +124,7 @@ class EventSubSocket:
         await self._teardown()
         self._queue = asyncio.Queue()
         if self._last_end is not None:
-            self.stats.reconnects[_end_key(self._last_end)] += 1
+            self.stats.reconnects[self._last_end.key] += 1
             self._last_end = None
         self.stats.connects += 1
         try:
@@ -160,7 +136,7 @@ class EventSubSocket:
         self._start_reader(link)
         self._current = link
         log.info("eventsub session %s connected to %s (keepalive %ss)",
-                 link.session_id, _log_url(self._url), link.keepalive)
+                 link.session_id, log_url(self._url), link.keepalive)
         return link.session_id
 
     async def messages(self) -> AsyncIterator[EventSubMessage]:
@@ -189,7 +165,7 @@ class EventSubSocket:
             link, msg = item
             if link is not self._current and link not in self._draining:
                 continue  # a socket of a session already torn down
-            if msg.type in _ENDING:
+            if msg.type in ENDING:
                 await self._socket_ended(link, msg)
                 continue
             if msg.type is not aiohttp.WSMsgType.TEXT:
@@ -207,65 +183,21 @@ class EventSubSocket:
 
     # -- opening ----------------------------------------------------------------
 
-    async def _open(self, url: URL, *, context: str) -> _Link:
-        """Connect to ``url`` and read up to the welcome; SessionEnded if none comes."""
-        ws: aiohttp.ClientWebSocketResponse[Literal[True]] | None = None
-        welcomed = False
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                ws = await self._session.ws_connect(
-                    url, autoping=True, autoclose=True, heartbeat=None,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_CLOSE_TIMEOUT))
-                msg = await ws.receive()
-                while msg.type is not aiohttp.WSMsgType.TEXT and msg.type not in _ENDING:
-                    msg = await ws.receive()
-            if msg.type in _ENDING:
-                raise session_closed("connect_failed", ws.close_code,
-                                     context=f"{context}: closed before the welcome")
-            frame = parse_frame(msg.data)
-            if frame.message_type != "session_welcome":
-                raise MalformedFrame(f"{frame.message_type} before session_welcome")
-            session = parse_session(frame)
-            welcomed = True
-        except TimeoutError:
-            raise SessionEnded("connect_failed", None, True,
-                               f"{context}: no welcome from Twitch within "
-                               f"{self._connect_timeout:g}s: retry with backoff") from None
-        except aiohttp.ClientError as exc:
-            # The exception's text can hold the URL: only its type is told.
-            raise SessionEnded("connect_failed", None, True,
-                               f"{context}: Twitch could not be reached "
-                               f"({type(exc).__name__}): retry with backoff") from None
-        except MalformedFrame as exc:
-            raise SessionEnded("connect_failed", None, True,
-                               f"{context}: the first frame was not a welcome ({exc}): "
-                               "retry with backoff") from None
-        finally:
-            if not welcomed:  # also when cancelled
-                await _close_quietly(ws)
-        assert ws is not None
-        self._recent.add(frame.message_id)
-        keepalive = session.keepalive_timeout_seconds or self._keepalive_timeout
-        return _Link(ws, session.id, float(keepalive), asyncio.get_running_loop().time())
+    async def _open(self, url: URL, *, context: str) -> Link:
+        link = await open_link(self._session, url, connect_timeout=self._connect_timeout,
+                               default_keepalive=self._keepalive_timeout, context=context)
+        self._recent.add(link.welcome_id)
+        return link
 
-    def _start_reader(self, link: _Link) -> None:
-        link.reader = asyncio.create_task(self._read(link), name="eventsub-reader")
+    def _start_reader(self, link: Link) -> None:
+        start_reader(link, self._queue_frame)
 
-    async def _read(self, link: _Link) -> None:
-        """Queue every frame of ``link`` (receiving is what answers pings)."""
-        while True:
-            try:
-                msg = await link.ws.receive()
-            except Exception:  # aiohttp reports failures as messages; this is a bug
-                log.exception("eventsub session %s: reading failed", link.session_id)
-                msg = WS_CLOSED_MESSAGE
-            self._queue.put_nowait((link, msg))
-            if msg.type in _ENDING:
-                return
+    def _queue_frame(self, link: Link, msg: aiohttp.WSMessage) -> None:
+        self._queue.put_nowait((link, msg))
 
     # -- the session_reconnect hand-over ------------------------------------------
 
-    def _follow_reconnect(self, link: _Link, frame: Frame) -> None:
+    def _follow_reconnect(self, link: Link, frame: Frame) -> None:
         try:
             reconnect_url = parse_session(frame).reconnect_url
         except MalformedFrame:
@@ -278,7 +210,7 @@ class EventSubSocket:
                         link.session_id)
             return
         log.info("eventsub session %s reconnecting to %s at Twitch's request",
-                 link.session_id, _log_url(reconnect_url))
+                 link.session_id, log_url(reconnect_url))
         self._pending = asyncio.create_task(self._reconnect(URL(reconnect_url, encoded=True)),
                                             name="eventsub-reconnect")
 
@@ -310,15 +242,15 @@ class EventSubSocket:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
-    async def _retire(self, old: _Link) -> None:
+    async def _retire(self, old: Link) -> None:
         """Keep reading the old socket briefly (frames in flight), then close it."""
         await asyncio.sleep(self._drain_seconds)
         self._draining.discard(old)
-        await _close_link(old)
+        await close_link(old)
 
     # -- frames -------------------------------------------------------------------
 
-    def _handle_text(self, link: _Link, text: str) -> EventSubMessage | None:
+    def _handle_text(self, link: Link, text: str) -> EventSubMessage | None:
         try:
             frame = parse_frame(text)
             if frame.message_type in ("notification", "revocation"):
@@ -336,7 +268,7 @@ class EventSubSocket:
         # session_keepalive only resets the timer; unknown types are ignored.
         return None
 
-    async def _socket_ended(self, link: _Link, msg: aiohttp.WSMessage) -> None:
+    async def _socket_ended(self, link: Link, msg: aiohttp.WSMessage) -> None:
         """A socket closed: the session ends unless it was the old one of a hand-over."""
         if link is not self._current:
             return  # a retired socket (Twitch closes it, 4004 at worst)
@@ -360,7 +292,7 @@ class EventSubSocket:
 
     def _ended(self, ended: SessionEnded) -> None:
         self._last_end = ended
-        self.stats.sessions_ended[_end_key(ended)] += 1
+        self.stats.sessions_ended[ended.key] += 1
         level = logging.ERROR if ended.close_code == 4001 else logging.WARNING
         log.log(level, "eventsub session %s ended: %s (close code %s, retry %s): %s",
                 self.session_id, ended.reason, ended.close_code, ended.retry, ended)
@@ -389,20 +321,6 @@ class EventSubSocket:
                 links.append(item.link)
         for link in links:
             if link is not None:
-                await _close_link(link)
+                await close_link(link)
         self._queue.put_nowait(_Stop())
 
-
-async def _close_link(link: _Link) -> None:
-    """Close ``link`` (code 1000) and stop its reader."""
-    await _close_quietly(link.ws)
-    if link.reader is not None:
-        link.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await link.reader
-
-
-async def _close_quietly(ws: aiohttp.ClientWebSocketResponse[Literal[True]] | None) -> None:
-    if ws is not None:
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-            await ws.close()

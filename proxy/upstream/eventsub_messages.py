@@ -74,6 +74,11 @@ class SessionEnded(Exception):
         self.close_code = close_code
         self.retry = retry
 
+    @property
+    def key(self) -> str:
+        """``reason``, with the close code when there is one (``"closed_4005"``): a label."""
+        return self.reason if self.close_code is None else f"{self.reason}_{self.close_code}"
+
     def __repr__(self) -> str:
         return (f"SessionEnded(reason={self.reason!r}, close_code={self.close_code!r}, "
                 f"retry={self.retry!r})")
