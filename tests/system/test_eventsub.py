@@ -26,7 +26,9 @@ from tests.system.test_eventsub_support import (
 config_flags, eventsub_options, proxy = (support.config_flags, support.eventsub_options,
                                          support.proxy)
 
-pytestmark = pytest.mark.timeout(120)
+#: Live events work the same on the one-process stores (tickets live in the store).
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.parametrize("store_url", ["memory", "sqlite"], indirect=True)]
 
 
 async def _subscribed(twitch_server, count: int) -> None:
