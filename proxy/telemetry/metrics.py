@@ -23,6 +23,8 @@ Metrics, all prefixed ``twitch_proxy_``:
 - ``helix_ratelimit_remaining{bucket}``: Twitch's ``Ratelimit-Remaining`` last
   seen per bucket; the bucket is the grant id (never a login or a token),
   ``app`` for the app token.
+- ``eventsub_*``: the live-events relay's, on :attr:`Metrics.eventsub`
+  (:mod:`proxy.telemetry.eventsub_metrics`).
 
 The outcome label values are part of the metrics' public interface, so they
 are declared here (:data:`REFRESH_OUTCOMES`, :data:`VALIDATION_OUTCOMES`) rather
@@ -40,6 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from .context import current_request
+from .eventsub_metrics import EventSubMetrics
 
 __all__ = ["CONTENT_TYPE", "REFRESH_OUTCOMES", "VALIDATION_OUTCOMES", "Metrics"]
 
@@ -92,6 +95,8 @@ class Metrics:
             f"{_PREFIX}helix_ratelimit_remaining",
             "Twitch's Ratelimit-Remaining last seen, per rate-limit bucket (grant id).",
             ["bucket"], registry=r)
+        #: The relay's and the EventSub sockets' observer.
+        self.eventsub = EventSubMetrics(r, _PREFIX)
         # Label children by label values, looked up once per series (hot path).
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._upstream_children: dict[tuple[str, int | None], tuple[Any, Any]] = {}
