@@ -8,10 +8,11 @@ A :class:`GrantChannel` holds, for one grant:
   the widgets that want it: the first widget creates it at Twitch, the last
   one to leave deletes it ``grace`` seconds later (a reloading widget does not
   cost a delete and a create);
-- its EventSub sockets: one, unless more than ``per_socket`` subscriptions
-  need another (at most ``max_sockets``, Twitch's limit per user). A socket is
-  opened when a subscription needs one and created on right after its welcome
-  (Twitch closes an unused connection with 4003).
+- its EventSub sockets (:class:`~proxy.core.relay_sockets.SocketPool`): one,
+  unless more than ``per_socket`` subscriptions need another (at most
+  ``max_sockets``, Twitch's limit per user). A socket is opened when a
+  subscription needs one and created on right after its welcome (Twitch
+  closes an unused connection with 4003).
 
 Twitch's limits are kept here before Twitch enforces them: a subscription that
 would take the grant past ``max_total_cost`` or past the sockets' capacity is
@@ -30,8 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,27 +39,13 @@ from ..errors import ProxyError, ReauthorizationRequired
 from ..upstream.eventsub import EventSubMessage, SessionEnded
 from .relay_catalog import SubscriptionKey, subscription_cost
 from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
+from .relay_sockets import SocketLink, SocketPool
 from .relay_stream import Outbox, ResumeBuffer, encode_frame
 from .relay_twitch import SubscriptionRefused
 
 __all__ = ["GrantChannel"]
 
 log = logging.getLogger(__name__)
-
-#: A session that lived this long before it died was healthy: backoff starts over.
-_HEALTHY_SESSION = 60.0
-
-
-@dataclass(eq=False)
-class _Link:
-    """One EventSub socket and the subscriptions placed on it."""
-
-    socket: EventSubConnection
-    session_id: str
-    opened_at: float
-    keys: set[SubscriptionKey] = field(default_factory=set)
-    dead: bool = False
-
 
 @dataclass(eq=False)
 class _Wanted:
@@ -70,7 +55,7 @@ class _Wanted:
     cost: int
     keyset: frozenset[SubscriptionKey]
     listeners: set[Outbox] = field(default_factory=set)
-    link: _Link | None = None
+    link: SocketLink | None = None
     twitch_id: str | None = None
     task: asyncio.Task[None] | None = None
     release: asyncio.TimerHandle | None = None
@@ -95,15 +80,12 @@ class GrantChannel:
         #: None while working; why it stopped once it did (a new channel takes over).
         self.ended: str | None = None
         self._api = api
-        self._open_socket = open_socket
         self._login_url = login_url
         self._settings = settings
         self._on_idle = on_idle
         self._wanted: dict[SubscriptionKey, _Wanted] = {}
         self._by_twitch_id: dict[str, _Wanted] = {}
-        self._links: list[_Link] = []
-        self._connecting = asyncio.Lock()
-        self._drops = 0
+        self._sockets = SocketPool(grant_id, open_socket, settings)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle: asyncio.TimerHandle | None = None
 
@@ -152,7 +134,7 @@ class GrantChannel:
     @property
     def sockets(self) -> int:
         """How many EventSub sockets are open."""
-        return len(self._links)
+        return len(self._sockets)
 
     async def close(self, reason: str = "closed") -> None:
         """Stop: every widget's stream ends, every socket closes (its subscriptions die)."""
@@ -169,9 +151,7 @@ class GrantChannel:
         tasks = [task for task in self._tasks if task is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
-        links, self._links = self._links, []
-        for link in links:
-            link.dead = True
+        links = self._sockets.close_all()
         await asyncio.gather(*(link.socket.close() for link in links), *tasks,
                              return_exceptions=True)
 
@@ -242,36 +222,14 @@ class GrantChannel:
         finally:
             wanted.task = None
 
-    async def _link_with_room(self, wanted: _Wanted) -> _Link | None:
+    async def _link_with_room(self, wanted: _Wanted) -> SocketLink | None:
         """A socket with room for one more subscription, connecting one if needed."""
-        settings = self._settings
-        async with self._connecting:
-            for link in self._links:
-                if not link.dead and len(link.keys) < settings.per_socket:
-                    return link
-            while self._wanted.get(wanted.key) is wanted and self.ended is None:
-                if self._drops:
-                    delay = min(settings.backoff_max,
-                                settings.backoff_initial * 2 ** (self._drops - 1))
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                    if self._wanted.get(wanted.key) is not wanted or self.ended is not None:
-                        return None
-                socket = self._open_socket()
-                try:
-                    session_id = await socket.connect()
-                except SessionEnded as ended:
-                    self._drops += 1
-                    log.warning("eventsub grant=%s could not connect (%s); retrying",
-                                self.grant_id, ended.reason)
-                    await socket.close()
-                    continue
-                link = _Link(socket, session_id, time.monotonic())
-                self._links.append(link)
-                self._spawn(self._read(link))
-                log.info("eventsub grant=%s session %s open (%d socket(s))", self.grant_id,
-                         session_id, len(self._links))
-                return link
-        return None
+        link, opened = await self._sockets.with_room(
+            lambda: self._wanted.get(wanted.key) is wanted and self.ended is None)
+        if opened:
+            assert link is not None
+            self._spawn(self._read(link))
+        return link
 
     def _refused(self, wanted: _Wanted, code: str, status: int | None, message: str) -> None:
         """Tell the widgets that asked for ``wanted`` why it failed, and forget it."""
@@ -300,7 +258,7 @@ class GrantChannel:
         link, twitch_id = wanted.link, wanted.twitch_id
         self._forget(wanted)
         if link is not None and not link.keys and not link.dead:
-            self._spawn(self._close_link(link))  # its session dies, and its subscriptions
+            self._spawn(self._sockets.close(link))  # its session dies, and its subscriptions
         elif twitch_id is not None:
             self._spawn(self._delete(twitch_id))
 
@@ -311,15 +269,9 @@ class GrantChannel:
             log.warning("eventsub grant=%s could not delete a subscription (%s)",
                         self.grant_id, exc)
 
-    async def _close_link(self, link: _Link) -> None:
-        link.dead = True
-        if link in self._links:
-            self._links.remove(link)
-        await link.socket.close()
-
     # -- what Twitch sends ---------------------------------------------------------------
 
-    async def _read(self, link: _Link) -> None:
+    async def _read(self, link: SocketLink) -> None:
         try:
             async for message in link.socket.messages():
                 self._on_message(message)
@@ -348,15 +300,9 @@ class GrantChannel:
         for outbox in wanted.listeners:
             outbox.put(frame)
 
-    async def _link_ended(self, link: _Link, ended: SessionEnded) -> None:
-        if link.dead:
+    async def _link_ended(self, link: SocketLink, ended: SessionEnded) -> None:
+        if not await self._sockets.ended(link):
             return  # closed here on purpose
-        link.dead = True
-        if link in self._links:
-            self._links.remove(link)
-        await link.socket.close()
-        lived = time.monotonic() - link.opened_at
-        self._drops = 0 if lived >= _HEALTHY_SESSION else self._drops + 1
         lost = [wanted for key in link.keys
                 if (wanted := self._wanted.get(key)) is not None and wanted.link is link]
         log.warning("eventsub grant=%s session %s ended (%s, close code %s); %d "
