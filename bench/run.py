@@ -1,7 +1,8 @@
 """Run every benchmark scenario and write ``bench/results.md``.
 
 ``python -m bench`` (``--quick`` for a short smoke run, ``--seconds`` per run,
-``--pairs`` alternating pairs). Everything listens on 127.0.0.1 only.
+``--pairs`` alternating pairs); ``python -m bench eventsub`` runs the live-events
+fan-out benchmark instead (:mod:`bench.eventsub`). Everything listens on 127.0.0.1 only.
 
 How the two cores are shared: the load generator (wrk or the aiohttp
 clients), nginx and the fake Twitch are pinned to CPU 0; the server under test
@@ -40,6 +41,11 @@ __all__ = ["Row", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_given = sys.argv[1:] if argv is None else argv
+    if args_given[:1] == ["eventsub"]:
+        from bench.eventsub import main as eventsub_main
+
+        return eventsub_main(args_given[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each wrk run")
