@@ -17,12 +17,16 @@ The pieces, one module each:
 - :mod:`.relay_stream`: frames encoded once, the resume buffer, outboxes;
 - :mod:`.relay_twitch`: creating and deleting subscriptions through Helix
   with the grant's token (refreshed as for ``/helix``);
-- :mod:`.relay_channel`: one grant's sockets, subscriptions and widgets;
-- :mod:`.relay_services`: the settings and the service protocols it is handed.
+- :mod:`.relay_channel`: one grant's subscriptions and widgets;
+- :mod:`.relay_sockets`: one grant's EventSub sockets, opened with backoff;
+- :mod:`.relay_services`: the settings, the service protocols it is handed
+  and the observer that measures it.
 
 The relay is handed its services (the subscriptions API, a factory of
 EventSub sockets) and never reads an application; ``proxy.web.routes.eventsub``
 turns HTTP requests into :meth:`Relay.attach` and :meth:`Relay.detach`.
+Each widget stream's start and end is logged (at DEBUG; at INFO when the
+relay ended it: too slow, the session ended, a new login needed, shutdown).
 """
 
 from __future__ import annotations
@@ -33,19 +37,29 @@ from collections.abc import Callable, Sequence
 
 from .relay_catalog import SubscriptionKey
 from .relay_channel import GrantChannel
-from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
+from .relay_services import (
+    ChannelState,
+    EventSubConnection,
+    RelayObserver,
+    RelaySettings,
+    SubscriptionApi,
+)
 from .relay_stream import Outbox
 
 __all__ = ["Relay", "RelaySettings"]
 
 log = logging.getLogger(__name__)
 
+#: Why a widget's stream ended when the widget itself went: not worth an INFO line.
+_WIDGET_WENT = frozenset(("left", "disconnected"))
+
 
 class Relay:
     """Every grant's :class:`GrantChannel`, created on demand; see the module docstring."""
 
     def __init__(self, *, api: SubscriptionApi, open_socket: Callable[[], EventSubConnection],
-                 login_url: str, settings: RelaySettings | None = None) -> None:
+                 login_url: str, settings: RelaySettings | None = None,
+                 observer: RelayObserver | None = None) -> None:
         self._api = api
         self._open_socket = open_socket
         self._login_url = login_url
@@ -53,6 +67,9 @@ class Relay:
         self._channels: dict[str, GrantChannel] = {}
         self._owners: dict[Outbox, GrantChannel] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._observer = observer
+        if observer is not None:
+            observer.watch(self.state)
 
     def attach(self, grant_id: str, user_id: str, keys: Sequence[SubscriptionKey],
                last_event_id: str | None = None) -> Outbox:
@@ -66,11 +83,14 @@ class Relay:
         if channel is None or channel.ended is not None:
             channel = GrantChannel(grant_id, user_id, api=self._api,
                                    open_socket=self._open_socket, login_url=self._login_url,
-                                   settings=self.settings, on_idle=self._idle)
+                                   settings=self.settings, on_idle=self._idle,
+                                   observer=self._observer)
             self._channels[grant_id] = channel
         outbox = Outbox(keys, limit=self.settings.outbox_limit)
         self._owners[outbox] = channel
         channel.join(outbox, last_event_id)
+        log.debug("eventsub grant=%s widget stream started (%s; %d stream(s))", grant_id,
+                  ", ".join(sorted(key.name for key in outbox.keys)), len(channel.outboxes))
         return outbox
 
     def detach(self, outbox: Outbox) -> None:
@@ -79,7 +99,11 @@ class Relay:
         if channel is None:
             outbox.close("left")
             return
+        reason = outbox.reason or "left"
         channel.leave(outbox)
+        log.log(logging.DEBUG if reason in _WIDGET_WENT else logging.INFO,
+                "eventsub grant=%s widget stream ended (%s; %d stream(s) left)",
+                channel.grant_id, reason, len(channel.outboxes))
         if channel.ended is not None and not channel.outboxes \
                 and self._channels.get(channel.grant_id) is channel:
             del self._channels[channel.grant_id]
@@ -90,6 +114,10 @@ class Relay:
 
     def __len__(self) -> int:
         return len(self._channels)
+
+    def state(self) -> list[ChannelState]:
+        """Every open channel's state, for the metrics."""
+        return [channel.state() for channel in self._channels.values()]
 
     async def aclose(self) -> None:
         """Close every channel: widgets' streams end, sockets close."""

@@ -24,7 +24,9 @@ does not replay what it sent meanwhile) and every subscription still wanted
 is created again on a new socket, with backoff when sessions keep dying
 young. A session that must not be retried gets its widgets an ``error`` and
 ends their streams. A grant Twitch no longer accepts ends everything with a
-``reauthorization_required`` event carrying the login URL.
+``reauthorization_required`` event carrying the login URL. The
+:class:`~proxy.core.relay_services.RelayObserver` is told of messages,
+deliveries, gaps and reconnects as they happen, and reads :meth:`GrantChannel.state`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from typing import Any
 from ..errors import ProxyError, ReauthorizationRequired
 from ..upstream.eventsub import EventSubMessage, SessionEnded
 from .relay_catalog import SubscriptionKey, subscription_cost
-from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
+from .relay_services import (
+    ChannelState,
+    EventSubConnection,
+    NoObserver,
+    RelayObserver,
+    RelaySettings,
+    SubscriptionApi,
+)
 from .relay_sockets import SocketLink, SocketPool
 from .relay_stream import Outbox, ResumeBuffer, encode_frame
 from .relay_twitch import SubscriptionRefused
@@ -71,7 +80,8 @@ class GrantChannel:
 
     def __init__(self, grant_id: str, user_id: str, *, api: SubscriptionApi,
                  open_socket: Callable[[], EventSubConnection], login_url: str,
-                 settings: RelaySettings, on_idle: Callable[[GrantChannel], None]) -> None:
+                 settings: RelaySettings, on_idle: Callable[[GrantChannel], None],
+                 observer: RelayObserver | None = None) -> None:
         self.grant_id = grant_id
         self.user_id = user_id
         self.buffer = ResumeBuffer(max_events=settings.buffer_events,
@@ -83,6 +93,7 @@ class GrantChannel:
         self._login_url = login_url
         self._settings = settings
         self._on_idle = on_idle
+        self._observer = observer or NoObserver()
         self._wanted: dict[SubscriptionKey, _Wanted] = {}
         self._by_twitch_id: dict[str, _Wanted] = {}
         self._sockets = SocketPool(grant_id, open_socket, settings)
@@ -103,10 +114,12 @@ class GrantChannel:
                     "reason": "resume_unavailable",
                     "message": "Events since your Last-Event-ID are no longer kept; some "
                                "may have been missed."}, event_id=self.buffer.last_id))
+                self._observer.gap_sent("resume_unavailable", 1)
             else:
-                for event in missed:
-                    if event.wanted_by(outbox.keys):
-                        outbox.put(event.frame)
+                replayed = [event for event in missed if event.wanted_by(outbox.keys)]
+                for event in replayed:
+                    outbox.put(event.frame)
+                self._observer.delivered(len(replayed))
         self.outboxes.add(outbox)
         for key in outbox.keys:
             self._want(key, outbox)
@@ -135,6 +148,12 @@ class GrantChannel:
     def sockets(self) -> int:
         """How many EventSub sockets are open."""
         return len(self._sockets)
+
+    def state(self) -> ChannelState:
+        """Sockets, subscriptions created at Twitch and their cost, widget streams."""
+        created = [wanted for wanted in self._wanted.values() if wanted.twitch_id is not None]
+        return ChannelState(self.grant_id, len(self._sockets), len(created),
+                            sum(wanted.cost for wanted in created), len(self.outboxes))
 
     async def close(self, reason: str = "closed") -> None:
         """Stop: every widget's stream ends, every socket closes (its subscriptions die)."""
@@ -299,6 +318,8 @@ class GrantChannel:
             return
         for outbox in wanted.listeners:
             outbox.put(frame)
+        self._observer.message_received(message.message_type)
+        self._observer.delivered(len(wanted.listeners))
 
     async def _link_ended(self, link: SocketLink, ended: SessionEnded) -> None:
         if not await self._sockets.ended(link):
@@ -333,6 +354,8 @@ class GrantChannel:
         }).frame
         for outbox in listeners:
             outbox.put(frame)
+        self._observer.gap_sent("session_lost", len(listeners))
+        self._observer.reconnected(ended.key)
         for wanted in lost:
             if wanted.task is None:
                 wanted.task = self._spawn(self._subscribe(wanted))

@@ -4,12 +4,14 @@
 offers (one session with Twitch's EventSub WebSocket), :class:`SubscriptionApi`
 what :class:`~proxy.core.relay_twitch.HelixSubscriptions` offers (creating and
 deleting subscriptions through Helix). Both are protocols so that the channel
-takes whatever it is given and never builds a service itself.
+takes whatever it is given and never builds a service itself. A
+:class:`RelayObserver` (the app's :class:`~proxy.telemetry.eventsub_metrics.EventSubMetrics`)
+is told what happens, and reads each channel's :class:`ChannelState` when scraped.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,7 +19,8 @@ from ..upstream.eventsub import EventSubMessage
 from .relay_catalog import SubscriptionKey
 from .relay_twitch import CreatedSubscription
 
-__all__ = ["EventSubConnection", "RelaySettings", "SubscriptionApi"]
+__all__ = ["ChannelState", "EventSubConnection", "NoObserver", "RelayObserver", "RelaySettings",
+           "SubscriptionApi"]
 
 
 class EventSubConnection(Protocol):
@@ -52,3 +55,52 @@ class RelaySettings:
     outbox_limit: int = 1000
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """One grant's channel as the metrics show it (subscriptions Twitch created)."""
+
+    grant_id: str
+    sockets: int
+    subscriptions: int
+    cost: int
+    streams: int
+
+
+class RelayObserver(Protocol):
+    """What the relay tells whoever measures it; the hooks are called where things happen."""
+
+    def watch(self, read: Callable[[], Iterable[ChannelState]]) -> None:
+        """Read every open channel's state with ``read`` whenever it is asked for."""
+
+    def message_received(self, message_type: str) -> None:
+        """A notification or revocation arrived from Twitch."""
+
+    def delivered(self, deliveries: int) -> None:
+        """``deliveries`` event frames were queued to widget streams."""
+
+    def reconnected(self, reason: str) -> None:
+        """A session ended (``SessionEnded.key``) and a new one will be opened."""
+
+    def gap_sent(self, cause: str, streams: int) -> None:
+        """A ``gap`` event went to ``streams`` widget streams."""
+
+
+class NoObserver:
+    """A :class:`RelayObserver` that measures nothing (the relay's default)."""
+
+    def watch(self, read: Callable[[], Iterable[ChannelState]]) -> None:
+        """Nothing is read."""
+
+    def message_received(self, message_type: str) -> None:
+        """Not counted."""
+
+    def delivered(self, deliveries: int) -> None:
+        """Not counted."""
+
+    def reconnected(self, reason: str) -> None:
+        """Not counted."""
+
+    def gap_sent(self, cause: str, streams: int) -> None:
+        """Not counted."""

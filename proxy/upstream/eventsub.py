@@ -31,8 +31,11 @@ Each WebSocket (opened up to its welcome, read by its own task, closed) is a
 A session that ended can be connected again with :meth:`connect`: always to
 the base URL, as a fresh session whose subscriptions must be created again.
 :attr:`EventSubSocket.stats` counts reconnects by reason and duplicates
-dropped. The log gets one line per change of state; it names the session id
-and never a URL's query (Twitch's reconnect URLs carry a challenge).
+dropped, and a :class:`SocketObserver` (the app's metrics) is told of both.
+The log gets one line per change of state (connected, reconnecting,
+reconnected, ended with its reason and close code, closed by the proxy); it
+names the session id and never a URL's query (Twitch's reconnect URLs carry a
+challenge).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import aiohttp
 from yarl import URL
@@ -60,7 +63,8 @@ from .eventsub_messages import (
     session_closed,
 )
 
-__all__ = ["EventSubMessage", "EventSubSocket", "EventSubStats", "SessionEnded"]
+__all__ = ["EventSubMessage", "EventSubSocket", "EventSubStats", "SessionEnded",
+           "SocketObserver"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,16 @@ class _Stop:
 _Item = tuple[Link, aiohttp.WSMessage] | _Switch | _Stop
 
 
+class SocketObserver(Protocol):
+    """What a socket tells whoever measures it (the app's ``EventSubMetrics``)."""
+
+    def duplicate_dropped(self) -> None:
+        """A message Twitch sent again was dropped."""
+
+    def reconnected(self, reason: str) -> None:
+        """A new session: ``session_reconnect`` followed, or connected again after ``reason``."""
+
+
 class EventSubSocket:
     """One EventSub WebSocket session with Twitch, on the caller's ``ClientSession``.
 
@@ -88,12 +102,14 @@ class EventSubSocket:
     URL, and the welcome's answer is what the silence timer uses, plus
     ``keepalive_margin`` seconds. ``connect_timeout`` bounds each connection
     up to its welcome, on :meth:`connect` and when following a reconnect.
-    ``remembered_ids`` bounds the memory used to drop duplicates.
+    ``remembered_ids`` bounds the memory used to drop duplicates. ``observer``
+    is told of duplicates and reconnects as they happen.
     """
 
     def __init__(self, session: aiohttp.ClientSession, url: str, *, keepalive_timeout: int = 30,
                  connect_timeout: float = 10.0, keepalive_margin: float = 5.0,
-                 drain_seconds: float = 1.0, remembered_ids: int = 1000) -> None:
+                 drain_seconds: float = 1.0, remembered_ids: int = 1000,
+                 observer: SocketObserver | None = None) -> None:
         self._session = session
         self._url = URL(url).update_query(keepalive_timeout_seconds=keepalive_timeout)
         self._keepalive_timeout = keepalive_timeout
@@ -108,6 +124,7 @@ class EventSubSocket:
         self._retiring: set[asyncio.Task[None]] = set()
         self._last_end: SessionEnded | None = None
         self.stats = EventSubStats()
+        self._observer = observer
 
     @property
     def session_id(self) -> str | None:
@@ -124,7 +141,7 @@ class EventSubSocket:
         await self._teardown()
         self._queue = asyncio.Queue()
         if self._last_end is not None:
-            self.stats.reconnects[self._last_end.key] += 1
+            self._count_reconnect(self._last_end.key)
             self._last_end = None
         self.stats.connects += 1
         try:
@@ -233,7 +250,7 @@ class EventSubSocket:
             await self._fail(switch.failure)
             return
         old, self._current = self._current, switch.link
-        self.stats.reconnects["session_reconnect"] += 1
+        self._count_reconnect("session_reconnect")
         log.info("eventsub session %s reconnected (was %s)", switch.link.session_id,
                  old.session_id if old is not None else None)
         if old is not None:
@@ -257,6 +274,8 @@ class EventSubSocket:
                 message = frame.to_message()
                 if not self._recent.add(frame.message_id):
                     self.stats.duplicates_dropped += 1
+                    if self._observer is not None:
+                        self._observer.duplicate_dropped()
                     return None
                 self.stats.messages_delivered += 1
                 return message
@@ -289,6 +308,11 @@ class EventSubSocket:
             return None  # the reconnect is bounded by connect_timeout
         deadline = self._current.last_frame + self._current.keepalive + self._margin
         return max(0.0, deadline - asyncio.get_running_loop().time())
+
+    def _count_reconnect(self, reason: str) -> None:
+        self.stats.reconnects[reason] += 1
+        if self._observer is not None:
+            self._observer.reconnected(reason)
 
     def _ended(self, ended: SessionEnded) -> None:
         self._last_end = ended
