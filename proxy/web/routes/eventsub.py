@@ -104,10 +104,11 @@ class _EventSubRoutes:
 
         def open_socket() -> EventSubSocket:
             return EventSubSocket(services.http_session, options.ws_url,
-                                  keepalive_timeout=options.keepalive_timeout)
+                                  keepalive_timeout=options.keepalive_timeout,
+                                  observer=services.metrics.eventsub)
 
         return Relay(api=api, open_socket=open_socket, login_url=config.server.login_url,
-                     settings=options.relay)
+                     settings=options.relay, observer=services.metrics.eventsub)
 
     async def issue_ticket(self, request: web.Request) -> web.Response:
         """``POST /eventsub/tickets`` with ``Authorization: Bearer tpk_...``."""
