@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+from yarl import URL
 
 from proxy.core.relay import RelaySettings
 from proxy.web.routes.eventsub import EventSubOptions
@@ -157,6 +158,14 @@ async def test_no_key_ticket_or_token_in_any_log_line(proxy, twitch_server, capl
     async def subscribed() -> bool:
         return len(await subscriptions_at_twitch(twitch_server)) == 1
     await settle(subscribed)
+    # Twitch's reconnect URL carries a challenge in its query: never logged.
+    urls = (await control(twitch_server, "reconnect", user_id=ME))["reconnect_urls"]
+    challenges = [value for url in urls.values() for value in URL(url).query.values()]
+    assert challenges
+
+    async def reconnected() -> bool:
+        return any("reconnected (was" in record.getMessage() for record in caplog.records)
+    await settle(reconnected)
     await control(twitch_server, "drop", user_id=ME, code=4000)
     assert (await widget.next()).event == "gap"
     await settle(subscribed)
@@ -169,8 +178,13 @@ async def test_no_key_ticket_or_token_in_any_log_line(proxy, twitch_server, capl
     text = "\n".join(lines)
     ends = [line for line in lines if "route=/eventsub " in line and "status=200" in line]
     assert len(ends) == 1  # the stream's own line: a 200, however it ended
+    # One line per session state change and per widget stream start and end.
+    for says in ("connected to", "reconnecting to", "reconnected (was",
+                 "ended: closed (close code 4000", "closed by the proxy",
+                 "widget stream started (channel.follow:2", "widget stream ended ("):
+        assert any(says in line for line in lines), says
     secrets = [key, ticket, ticket.removeprefix("tkt_"), result["access_token"],
-               result["refresh_token"], "mock-client-secret"]
+               result["refresh_token"], "mock-client-secret", *challenges]
     assert reliability.leaks(secrets, text) == []
 
 
