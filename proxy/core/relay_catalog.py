@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from ..errors import InvalidRequest
 
-__all__ = ["CONDITION_FIELDS", "SubscriptionKey", "SubscriptionTypeError", "TYPES",
-           "parse_type", "resolve_subscriptions", "subscription_cost"]
+__all__ = ["CONDITION_FIELDS", "TYPES", "SubscriptionKey", "SubscriptionTypeError",
+           "check_request", "parse_type", "resolve_subscriptions", "subscription_cost"]
 
 #: ``type -> (versions, required condition fields, optional condition fields)``.
 TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
@@ -65,6 +65,9 @@ TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "stream.offline": (("1",), ("broadcaster_user_id",), ()),
     "user.update": (("1",), ("user_id",), ()),
 }
+
+#: A name shown back in an error: lower-case words and dots, as Twitch's types are.
+_SHOWABLE_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,5}")
 
 #: Every condition field a widget may set in the query string.
 CONDITION_FIELDS = frozenset(
@@ -112,15 +115,27 @@ def parse_type(text: str) -> tuple[str, str]:
     name, _, version = text.strip().partition(":")
     spec = TYPES.get(name)
     if spec is None:
-        raise SubscriptionTypeError(f"Unsupported subscription type {name[:80]!r}; supported: "
+        # Named back only when it looks like a type: a pasted key or ticket is never echoed.
+        shown = repr(name) if _SHOWABLE_TYPE.fullmatch(name) else "(not a type name)"
+        raise SubscriptionTypeError(f"Unsupported subscription type {shown}; supported: "
                                     + ", ".join(sorted(TYPES)) + ".")
     versions = spec[0]
     if not version:
         version = versions[-1]
     if version not in versions:
-        raise SubscriptionTypeError(
-            f"{name} has version(s) {', '.join(versions)}, not {version[:20]!r}.")
+        shown = repr(version) if version.isdigit() and len(version) <= 3 else "another"
+        raise SubscriptionTypeError(f"{name} has version(s) {', '.join(versions)}, not {shown}.")
     return name, version
+
+
+def check_request(types: Sequence[str], conditions: Mapping[str, str]) -> None:
+    """Every check :func:`resolve_subscriptions` makes that does not need the grant's user.
+
+    Run before a single-use ticket is spent, so that a typo in a type or a condition
+    costs the widget an error, not its ticket.
+    """
+    user = next((conditions[f] for f in sorted(_TOKEN_USER_FIELDS) if f in conditions), "1")
+    resolve_subscriptions(types, conditions, user_id=user)
 
 
 def _checked_value(field: str, value: str) -> str:
