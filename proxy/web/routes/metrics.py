@@ -14,6 +14,8 @@ most that old, and a scrape costs the store nothing in between. (The
 validator's sweeps load grants too, but each process only those it claimed,
 and each grant once an hour: too partial and too late for a gauge.) It comes
 from the shared store, so it is the same in every worker (within the interval).
+The live-events gauges (``eventsub_*{grant}``) are read from this process's
+relay at scrape time too (:mod:`proxy.telemetry.eventsub_metrics`).
 """
 
 from __future__ import annotations
