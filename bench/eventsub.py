@@ -24,11 +24,13 @@ import asyncio
 import contextlib
 import os
 import resource
+import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -148,13 +150,23 @@ class Run:
                 break
         self.fleet.reset()
 
-    async def measure(self, rate: int, seconds: float) -> Measurement:
-        """Fire at ``rate`` for ``seconds`` and check every widget against the mock's log."""
+    async def measure(self, rate: int, seconds: float,
+                      meanwhile: Callable[[], Coroutine[Any, Any, None]] | None = None,
+                      ) -> Measurement:
+        """Fire at ``rate`` for ``seconds`` (running ``meanwhile`` alongside) and check every
+        widget against the mock's log."""
         await self.warm()
         after = await self.mock.last_sequence()
         cpu_before, started = cpu_seconds(self.proxy_pid), time.time()
         self.lag.start()
-        sent, undelivered = await self.paced(rate, seconds)
+        beside = asyncio.ensure_future(meanwhile()) if meanwhile is not None else None
+        try:
+            sent, undelivered = await self.paced(rate, seconds)
+        finally:
+            if beside is not None:
+                beside.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beside
         fired = time.time()
         drain = await self.fleet.drained(sent, 10.0)
         lag = self.lag.stop()
@@ -165,11 +177,25 @@ class Run:
         wall = max(self.fleet.last_at, fired) - started
         if not delivery.exactly_once or undelivered:
             self.failures.append(f"{len(self.fleet.widgets)} widgets at {rate}/s: "
-                                 f"{delivery.text()}, undelivered at the mock {undelivered}")
+                                 f"{delivery.text()}, undelivered at the mock {undelivered}; "
+                                 f"{self._missing(len(unique))}")
         return Measurement(
             sent=len(unique), resent=len(logged) - len(unique), undelivered=undelivered,
             delivery=delivery, latency=percentiles(self.fleet.latencies), lag=lag, wall=wall,
             busy=busy, drain=max(0.0, self.fleet.last_at - fired) if drain < 10.0 else drain)
+
+    def _missing(self, sent: int) -> str:
+        """Which serials were missed, and by how many widgets (for the report's notes)."""
+        everything = set().union(*(w.serials for w in self.fleet.widgets))
+        short = [w for w in self.fleet.widgets if len(set(w.serials)) < sent]
+        missed: dict[int, int] = {}
+        for widget in short:
+            for serial in everything - set(widget.serials):
+                missed[serial] = missed.get(serial, 0) + 1
+        first = min(everything, default=0)
+        shown = ", ".join(f"#{serial - first + 1} by {n}" for serial, n in sorted(missed.items()))
+        return (f"{len(short)} widget(s) short, {sent - len(everything)} event(s) no widget "
+                f"got; missed (position in the run: widgets) {shown[:300]}")
 
     # -- the scenarios ------------------------------------------------------------------
 
@@ -264,13 +290,7 @@ class Run:
                 await asyncio.sleep(1.0)
                 reconnects.append(len(await self.mock.reconnect(self.user_id)))
 
-        storm = asyncio.ensure_future(reconnect_every_second())
-        try:
-            r = await self.measure(plan.storm_rate, plan.storm_seconds)
-        finally:
-            storm.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await storm
+        r = await self.measure(plan.storm_rate, plan.storm_seconds, reconnect_every_second)
         gaps = sum(w.controls.get("gap", 0) for w in self.fleet.widgets)
         self.say("storm", f"- {len(reconnects)} `session_reconnect`s (one a second, "
                           f"{sum(reconnects)} answered with a reconnect URL) over "
@@ -319,8 +339,13 @@ def _runner() -> asyncio.Runner:
 
 
 def redis_fanout_landed() -> bool:
-    """Whether the relay's Redis fan-out (``proxy/core/relay_redis*``) exists yet."""
-    return any((ROOT / "proxy" / "core").glob("relay_redis*.py"))
+    """Whether the relay's Redis fan-out (``proxy/core/relay_redis*``) is committed yet."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "proxy/core/relay_redis*"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return False
+    return bool(listed.strip())
 
 
 def main(argv: list[str] | None = None) -> int:

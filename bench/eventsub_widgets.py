@@ -86,8 +86,14 @@ class SseWidget(asyncio.Protocol):
         frames = (self._pending + body).split(b"\n\n")
         self._pending = frames.pop()
         for frame in frames:
-            if frame.startswith(b"id:"):
-                self._frame(frame)
+            if not frame.startswith(b"id:"):
+                # aiohttp-sse's heartbeat (": ping\r\n\r\n") ends with CRLFs, so it
+                # arrives glued to the frame after it.
+                start = frame.find(b"\nid:")
+                if start < 0:
+                    continue
+                frame = frame[start + 1:]
+            self._frame(frame)
 
     def _frame(self, frame: bytes) -> None:
         start = frame.find(b"event: ") + 7
