@@ -24,6 +24,7 @@ The hierarchy of the proxy's answers::
     │   ├── UpstreamBadResponse     (502 upstream_bad_response)
     │   ├── UpstreamUnavailable     (503 upstream_unavailable, Retry-After)
     │   └── UpstreamTimeout         (504 upstream_timeout)
+    ├── EventSubNeedsRedis          (501 eventsub_needs_redis)
     ├── Overloaded                  (503 overloaded, Retry-After)
     ├── StoreUnavailable            (503 store_unavailable, Retry-After)
     │   └── LockTimeout             (503 store_busy, Retry-After)
@@ -57,6 +58,7 @@ __all__ = [
     "ConnectFailed",
     "ConnectionBroken",
     "DecryptionFailed",
+    "EventSubNeedsRedis",
     "Forbidden",
     "HelixTransportError",
     "InvalidHeader",
@@ -274,6 +276,13 @@ class UpstreamTimeout(UpstreamError):
 
     status = 504
     code = "upstream_timeout"
+
+
+class EventSubNeedsRedis(ProxyError):
+    """Live events across several workers need a Redis store to share one Twitch socket."""
+
+    status = 501
+    code = "eventsub_needs_redis"
 
 
 class Overloaded(ProxyError):

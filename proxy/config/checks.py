@@ -183,11 +183,14 @@ def validate_eventsub(eventsub: EventSubConfig, twitch: TwitchConfig) -> list[st
         )
     if not 10 <= eventsub.keepalive <= 600:
         problems.append("eventsub.keepalive must be 10 to 600 seconds (Twitch's range)")
-    for name in ("buffer_events", "buffer_age", "ticket_ttl", "heartbeat"):
+    for name in ("buffer_events", "buffer_age", "ticket_ttl", "heartbeat", "lease",
+                 "lease_renew"):
         if getattr(eventsub, name) <= 0:
             problems.append(f"eventsub.{name} must be positive")
     if eventsub.grace < 0:
         problems.append("eventsub.grace must not be negative")
+    if 0 < eventsub.lease <= eventsub.lease_renew:
+        problems.append("eventsub.lease_renew must be shorter than eventsub.lease")
     return problems
 
 

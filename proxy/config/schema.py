@@ -248,6 +248,16 @@ class EventSubConfig:
         "for 55 s)",
         default=20.0,
     )
+    lease: float = _doc(
+        "With a Redis store: seconds a process's lease on a grant's Twitch socket lasts "
+        "unrenewed (a dead leader's widgets are taken over after this)",
+        default=30.0,
+    )
+    lease_renew: float = _doc(
+        "With a Redis store: seconds between renewals of the lease and of each process's "
+        "heartbeat (less than `lease`)",
+        default=10.0,
+    )
 
 
 @dataclass(frozen=True)

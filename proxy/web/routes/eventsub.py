@@ -26,12 +26,16 @@ accepted in a URL. Everything wrong with a request is a JSON error before the
 stream starts; once it has started, problems arrive as events.
 
 :func:`setup_eventsub` registers the routes, the relay's start and stop, and
-takes every service it needs as an argument.
+takes every service it needs as an argument. With a Redis store the relay is
+:class:`~proxy.core.relay_redis_hub.RedisRelay`, one Twitch socket per grant
+across every process; several workers on another store cannot share one, so
+both routes answer 501 ``eventsub_needs_redis`` (:func:`~proxy.core.relay_redis.relay_mode`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -43,16 +47,27 @@ from ...core.credential import proxy_key_in
 from ...core.grant_records import ACTIVE, Grant
 from ...core.relay import Relay, RelaySettings
 from ...core.relay_catalog import CONDITION_FIELDS, parse_type, resolve_subscriptions
+from ...core.relay_redis import NEEDS_REDIS, RelayBackend, relay_mode
+from ...core.relay_redis_hub import RedisRelay
 from ...core.relay_twitch import HelixSubscriptions
 from ...core.sealed_index import PROXY_KEY_PREFIX
 from ...core.tickets import TicketBook
-from ...errors import InvalidProxyKey, InvalidRequest, InvalidTicket, ReauthorizationRequired
+from ...errors import (
+    EventSubNeedsRedis,
+    InvalidProxyKey,
+    InvalidRequest,
+    InvalidTicket,
+    ReauthorizationRequired,
+)
 from ...services import Services
+from ...store.redis import RedisStore
 from ...telemetry.context import note_grant
 from ...upstream.eventsub import EventSubSocket
 from ..middleware.requestlog import put_request_id
 
 __all__ = ["EventSubOptions", "setup_eventsub"]
+
+log = logging.getLogger(__name__)
 
 #: Query parameters besides the condition fields.
 _PARAMETERS = frozenset(("type", "ticket", "last_event_id"))
@@ -73,6 +88,9 @@ class EventSubOptions:
     heartbeat: float = 20.0
     #: What ``retry:`` tells an EventSource to wait before reconnecting, in ms.
     retry_ms: int = 3000
+    #: With Redis: how long a grant's lease lasts unrenewed, and how often it is renewed.
+    lease: float = 30.0
+    lease_renew: float = 10.0
 
     @classmethod
     def from_config(cls, config: Config) -> EventSubOptions:
@@ -82,7 +100,8 @@ class EventSubOptions:
                    relay=RelaySettings(grace=eventsub.grace,
                                        buffer_events=eventsub.buffer_events,
                                        buffer_age=eventsub.buffer_age),
-                   ticket_ttl=eventsub.ticket_ttl, heartbeat=eventsub.heartbeat)
+                   ticket_ttl=eventsub.ticket_ttl, heartbeat=eventsub.heartbeat,
+                   lease=eventsub.lease, lease_renew=eventsub.lease_renew)
 
 
 class _EventSubRoutes:
@@ -92,10 +111,16 @@ class _EventSubRoutes:
         self._services = services
         self._options = options
         self.tickets: TicketBook | None = None  # built with the relay, at start-up
-        self.relay: Relay | None = None
+        self.relay: RelayBackend | None = None
+        config = services.config
+        #: Several workers on a store that cannot coordinate them: both routes refuse.
+        self.refused = relay_mode(config.store.url, config.server.workers) == "refused"
 
-    def build_relay(self) -> Relay:
-        """The relay, on the services opened at start-up."""
+    def build_relay(self) -> RelayBackend | None:
+        """The relay, on the services opened at start-up (None when refused)."""
+        if self.refused:
+            log.warning("live events are off: %s", NEEDS_REDIS)
+            return None
         services, options = self._services, self._options
         config = services.config
         api = HelixSubscriptions(services.helix_caller, helix_url=config.twitch.helix_url,
@@ -107,11 +132,25 @@ class _EventSubRoutes:
                                   keepalive_timeout=options.keepalive_timeout,
                                   observer=services.metrics.eventsub)
 
+        store = services.store
+        if isinstance(store, RedisStore):
+            relay = RedisRelay(client=store.client, prefix=config.store.prefix, api=api,
+                               open_socket=open_socket, login_url=config.server.login_url,
+                               settings=options.relay, lease=options.lease,
+                               renew=options.lease_renew)
+            relay.start()
+            return relay
         return Relay(api=api, open_socket=open_socket, login_url=config.server.login_url,
                      settings=options.relay, observer=services.metrics.eventsub)
 
+    def check_available(self) -> None:
+        """Refuse live events when they cannot work (see the module docstring)."""
+        if self.refused:
+            raise EventSubNeedsRedis(NEEDS_REDIS)
+
     async def issue_ticket(self, request: web.Request) -> web.Response:
         """``POST /eventsub/tickets`` with ``Authorization: Bearer tpk_...``."""
+        self.check_available()
         key = proxy_key_in(request.headers.get("Authorization", ""))
         if key is None:
             raise InvalidProxyKey("Send Authorization: Bearer <proxy key>.")
@@ -124,6 +163,7 @@ class _EventSubRoutes:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """``GET /eventsub``: see the module docstring."""
+        self.check_available()
         query = request.query
         if any(value.strip().startswith(PROXY_KEY_PREFIX) for value in query.values()):
             raise InvalidRequest("A proxy key never goes in a URL: send it in the "
@@ -228,7 +268,8 @@ def _relay_ctx(routes: _EventSubRoutes) -> Callable[[web.Application], AsyncIter
         routes.relay = routes.build_relay()
         routes.tickets = routes.build_tickets()
         yield
-        await routes.relay.aclose()
+        if routes.relay is not None:
+            await routes.relay.aclose()
     return eventsub_relay_ctx
 
 

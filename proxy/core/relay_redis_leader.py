@@ -1,0 +1,190 @@
+"""The leader's side of a grant on Redis: one Twitch session, its events published once.
+
+The process holding a grant's lease runs a :class:`Leader`: the same
+:class:`~proxy.core.relay_channel.GrantChannel` as the one-process relay, but
+its "widgets" are one :class:`_WantOutbox` per subscription that some widget on
+some process wants (the union of the wants in Redis), and its buffer is a
+:class:`_PublishingBuffer`. Whatever the channel would hand its widgets
+(events, ``gap``, ``revoked``, ``error``, ``reauthorization_required``) is
+added to the grant's stream and published on its channel, in the order the
+channel produced it, by one publisher task; streams the channel ends
+(``session_ended``, ``reauthorization_required``) become ``end`` messages.
+
+When Redis fails, what could not be published is dropped and the next
+message that does get through is preceded by a ``gap``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from .relay_catalog import SubscriptionKey
+from .relay_channel import GrantChannel
+from .relay_redis import Entry, RelayKeys, key_token
+from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
+from .relay_stream import BufferedEvent, Outbox
+
+__all__ = ["Leader", "publish_entry"]
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] = stream, KEYS[2] = channel; ARGV = max length, message. One atomic
+# step, so the stream's order is the channel's order.
+_ADD_AND_PUBLISH = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])
+return id
+"""
+
+#: Streams the channel ends for these reasons end on every process too.
+_ENDING = frozenset(("session_ended", "reauthorization_required"))
+_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+async def publish_entry(client: redis.asyncio.Redis, keys: RelayKeys, grant_id: str,
+                        entry: Entry, *, max_events: int) -> str:
+    """Add ``entry`` to the grant's stream and publish it; its event id."""
+    script = client.register_script(_ADD_AND_PUBLISH)
+    added = await script(keys=[keys.events(grant_id), keys.channel(grant_id)],
+                         args=[max_events, entry.encode()])
+    return added.decode() if isinstance(added, bytes) else str(added)
+
+
+class _PublishingBuffer:
+    """Stands in for the channel's resume buffer: queues each event for publishing."""
+
+    def __init__(self, queue: asyncio.Queue[Entry]) -> None:
+        self._queue = queue
+        self._seq = 0
+
+    @property
+    def last_id(self) -> str:
+        return ""
+
+    def append(self, keys: frozenset[SubscriptionKey] | None, event: str,
+               data: dict[str, Any]) -> BufferedEvent:
+        self._seq += 1
+        self._queue.put_nowait(Entry.of(event, data, keys))
+        # An empty frame: the want-outboxes know it is published already.
+        return BufferedEvent(self._seq, time.monotonic(), keys, b"")
+
+    def since(self, last_event_id: str) -> None:
+        return None  # widgets resume from the Redis stream, never from the leader
+
+
+class _WantOutbox(Outbox):
+    """One subscription some widget somewhere wants, as the channel's listener."""
+
+    __slots__ = ("_leader", "key")
+
+    def __init__(self, key: SubscriptionKey, leader: Leader) -> None:
+        super().__init__((key,))
+        self.key = key
+        self._leader = leader
+
+    def put(self, frame: bytes) -> None:
+        if frame:  # a frame for the askers only (a refusal): publish it to them
+            event, data = _parse_frame(frame)
+            self._leader.queue.put_nowait(Entry.of(event, data, (self.key,)))
+
+    def close(self, reason: str) -> None:
+        if not self.closed and reason in _ENDING:
+            self._leader.queue.put_nowait(Entry("end", {"reason": reason},
+                                                frozenset((key_token(self.key),))))
+        super().close(reason)
+
+
+def _parse_frame(frame: bytes) -> tuple[str, dict[str, Any]]:
+    """The event name and data of a frame :func:`~.relay_stream.encode_frame` made."""
+    event, data = "message", "{}"
+    for line in frame.decode().split("\n"):
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: "):
+            data = line[len("data: "):]
+    return event, dict(json.loads(data))
+
+
+class Leader:
+    """A grant's Twitch session while this process holds its lease."""
+
+    def __init__(self, grant_id: str, user_id: str, *, client: redis.asyncio.Redis,
+                 keys: RelayKeys, api: SubscriptionApi,
+                 open_socket: Callable[[], EventSubConnection], login_url: str,
+                 settings: RelaySettings, on_idle: Callable[[Leader], None]) -> None:
+        self.grant_id = grant_id
+        self.queue: asyncio.Queue[Entry] = asyncio.Queue()
+        self._client = client
+        self._keys = keys
+        self._settings = settings
+        self._wants: dict[SubscriptionKey, _WantOutbox] = {}
+        self.channel = GrantChannel(grant_id, user_id, api=api, open_socket=open_socket,
+                                    login_url=login_url, settings=settings,
+                                    on_idle=lambda _: on_idle(self))
+        self.channel.buffer = _PublishingBuffer(self.queue)  # type: ignore[assignment]
+        self._publisher = asyncio.ensure_future(self._publish())
+        self._lost = False
+
+    @property
+    def wanted(self) -> frozenset[SubscriptionKey]:
+        return frozenset(self._wants)
+
+    def announce_gap(self, reason: str, message: str) -> None:
+        """Tell every widget of the grant that events were missed (a leader died)."""
+        if self._wants:
+            self.queue.put_nowait(Entry.of("gap", {
+                "reason": reason, "close_code": None,
+                "subscription_types": sorted({key.name for key in self._wants}),
+                "message": message}, self._wants))
+
+    def sync(self, wanted: Iterable[SubscriptionKey]) -> None:
+        """Make the session's subscriptions the union every process wants."""
+        wanted = set(wanted)
+        for key in wanted - set(self._wants):
+            outbox = _WantOutbox(key, self)
+            self._wants[key] = outbox
+            self.channel.join(outbox, None)
+        for key in set(self._wants) - wanted:
+            self.channel.leave(self._wants.pop(key))
+
+    async def close(self, reason: str) -> None:
+        """Close the session; what is queued is still published (briefly)."""
+        await self.channel.close(reason)
+        try:
+            async with asyncio.timeout(2.0):
+                await self.queue.join()
+        except TimeoutError:
+            pass
+        self._publisher.cancel()
+        await asyncio.gather(self._publisher, return_exceptions=True)
+
+    async def _publish(self) -> None:
+        """Publish queued entries in order; after a Redis failure, a ``gap`` first."""
+        while True:
+            entry = await self.queue.get()
+            try:
+                if self._lost:
+                    await publish_entry(self._client, self._keys, self.grant_id, Entry(
+                        "gap", {"reason": "store_unavailable", "close_code": None,
+                                "subscription_types": sorted({k.name for k in self._wants}),
+                                "message": "The token store (Redis) was unreachable; events "
+                                           "in between were missed."}, None),
+                        max_events=self._settings.buffer_events)
+                    self._lost = False
+                await publish_entry(self._client, self._keys, self.grant_id, entry,
+                                    max_events=self._settings.buffer_events)
+            except _REDIS_ERRORS as exc:
+                if not self._lost:
+                    log.warning("eventsub grant=%s: Redis unavailable, events are being "
+                                "missed (%s)", self.grant_id, type(exc).__name__)
+                self._lost = True
+            finally:
+                self.queue.task_done()
