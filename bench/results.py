@@ -171,9 +171,8 @@ def eventsub_section(*, command: str, elapsed: float, lines: dict[str, list[str]
     redis = ("- 1,000 widgets over 2 workers on Redis: the Redis fan-out exists but this run "
              "does not measure it yet." if redis_landed else
              "- 1,000 widgets over 2 workers on Redis: **not measured**: the relay's Redis "
-             "fan-out (one Twitch socket per grant across processes) had not landed when "
-             "this ran; with several workers and no Redis fan-out, each worker's widgets "
-             "are served by that worker's own relay.")
+             "fan-out (one Twitch socket per grant across processes, "
+             "`proxy/core/relay_redis*`) was not committed when this ran.")
     return "\n".join([
         "## Live events fan-out (`GET /eventsub`)",
         "",
