@@ -2,7 +2,8 @@
 
 :class:`RedisRelay` offers what :class:`~proxy.core.relay.Relay` offers to
 ``GET /eventsub`` (attach, detach, aclose), for processes that share a Redis
-(several workers, several dynos). Each process:
+(several workers, several dynos). Each process (its Redis bookkeeping in
+:mod:`.relay_redis_lease`, the leader's side in :mod:`.relay_redis_leader`):
 
 - counts its widgets' subscriptions per grant in the hash ``wants:<grant>``
   (field ``<process>|<key>``) and renews its heartbeat ``alive:<process>``
@@ -44,8 +45,9 @@ import redis.asyncio
 import redis.exceptions
 
 from .relay_catalog import SubscriptionKey
-from .relay_redis import Entry, RelayKeys, key_from_token, key_token, stream_id
+from .relay_redis import Entry, RelayKeys, key_token, stream_id
 from .relay_redis_leader import Leader
+from .relay_redis_lease import CONTROL_ID, Coordination
 from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
 from .relay_stream import Outbox, encode_frame
 
@@ -54,32 +56,6 @@ __all__ = ["RedisRelay"]
 log = logging.getLogger(__name__)
 
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-# KEYS[1] = lease; ARGV = owner, lease ms. Renew a lease we hold, take one
-# nobody holds (Redis lost it), never touch another's: 1 held, 0 lost.
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS = names; ARGV[1] = owner: delete each one only while it is still ours.
-_RELEASE = """
-for _, name in ipairs(KEYS) do
-  if redis.call('GET', name) == ARGV[1] then redis.call('DEL', name) end
-end
-return 1
-"""
-
-#: Control messages are published without a stream entry, under this id.
-_CONTROL = "-"
 
 #: A stream entry as redis-py returns it: id and fields (bytes: the client does not decode).
 _StreamEntry = Any
@@ -127,13 +103,11 @@ class RedisRelay:
         self._api = api
         self._open_socket = open_socket
         self._login_url = login_url
-        self._lease_ms = max(1, int(lease * 1000))
+        self._coordination = Coordination(client, self._keys, self.process_id, lease=lease)
         self._renew = renew
         self._grants: dict[str, _Grant] = {}
         self._owners: dict[Outbox, _Grant] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._renew_script = client.register_script(_RENEW)
-        self._release_script = client.register_script(_RELEASE)
         self._closing = False
 
     def start(self) -> None:
@@ -278,7 +252,7 @@ class RedisRelay:
             return
         event_id, _, text = data.partition(" ")
         entry = Entry.decode(text)
-        if event_id == _CONTROL:
+        if event_id == CONTROL_ID:
             if entry.event in ("wants", "handover"):
                 self._spawn(self._lead_or_sync(grant))
             return
@@ -292,48 +266,12 @@ class RedisRelay:
             elif entry.wanted_by(widget.tokens):
                 widget.held.append((position, event_id, entry))
 
-    async def _control(self, grant_id: str, event: str) -> None:
-        await self._client.publish(self._keys.channel(grant_id),
-                                   f"{_CONTROL} {Entry(event, {}, None).encode()}")
-
     # -- wants and the lease -------------------------------------------------------------
 
     async def _publish_wants(self, grant: _Grant) -> None:
         """Write this process's wants for ``grant``, then have the leader (or us) act."""
-        name, me = self._keys.wants(grant.grant_id), self.process_id
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.set(self._keys.alive(me), b"1", px=self._lease_ms)
-            for token, count in list(grant.counts.items()):
-                if count > 0:
-                    pipe.hset(name, f"{me}|{token}", count)
-                else:
-                    pipe.hdel(name, f"{me}|{token}")
-                    del grant.counts[token]
-            await pipe.execute()
-        await self._control(grant.grant_id, "wants")
+        await self._coordination.write_wants(grant.grant_id, grant.counts)
         await self._lead_or_sync(grant)
-
-    async def _union(self, grant_id: str) -> set[SubscriptionKey]:
-        """Every live process's wants for ``grant_id``; dead processes' are removed."""
-        name = self._keys.wants(grant_id)
-        fields: dict[Any, Any] = await self._client.hgetall(name)
-        by_process: dict[str, list[tuple[Any, str]]] = {}
-        for raw, count in fields.items():
-            process, _, token = _text(raw).partition("|")
-            if int(count) > 0:
-                by_process.setdefault(process, []).append((raw, token))
-        processes = sorted(by_process)
-        alive = await self._client.mget([self._keys.alive(p) for p in processes]) \
-            if processes else []
-        wanted: set[SubscriptionKey] = set()
-        for process, present in zip(processes, alive, strict=True):
-            if present is None:
-                await self._client.hdel(name, *(raw for raw, _ in by_process[process]))
-                log.info("eventsub grant=%s: a process stopped renewing its heartbeat; its "
-                         "widgets' subscriptions are dropped", grant_id)
-                continue
-            wanted.update(key_from_token(token) for _, token in by_process[process])
-        return wanted
 
     async def _lead_or_sync(self, grant: _Grant) -> None:
         """Lead ``grant`` if nobody does and we have widgets; as leader, follow the wants."""
@@ -343,22 +281,19 @@ class RedisRelay:
             if grant.leader is None:
                 if not grant.widgets:
                     return
-                lease = self._keys.lease(grant.grant_id)
-                if not await self._client.set(lease, self.process_id, nx=True,
-                                              px=self._lease_ms):
+                taken, died = await self._coordination.take_lease(grant.grant_id)
+                if not taken:
                     return
                 grant.leader = self._new_leader(grant)
-                died = await self._client.set(self._keys.led(grant.grant_id), self.process_id,
-                                              get=True, px=self._lease_ms * 20)
                 log.info("eventsub grant=%s: this process leads its Twitch session%s",
                          grant.grant_id, " (the previous leader died)" if died else "")
-                grant.leader.sync(await self._union(grant.grant_id))
+                grant.leader.sync(await self._coordination.union(grant.grant_id))
                 if died:
                     grant.leader.announce_gap(
                         "leader_lost", "The process holding the connection to Twitch "
                         "stopped; events until another took over were missed.")
             else:
-                grant.leader.sync(await self._union(grant.grant_id))
+                grant.leader.sync(await self._coordination.union(grant.grant_id))
 
     def _new_leader(self, grant: _Grant) -> Leader:
         return Leader(grant.grant_id, grant.user_id, client=self._client, keys=self._keys,
@@ -378,10 +313,7 @@ class RedisRelay:
         await leader.close(reason)
         if not lost:
             with contextlib.suppress(*_REDIS_ERRORS):
-                await self._release_script(keys=[self._keys.led(grant.grant_id),
-                                                 self._keys.lease(grant.grant_id)],
-                                           args=[self.process_id])
-                await self._control(grant.grant_id, "handover")
+                await self._coordination.release_lease(grant.grant_id)
         log.info("eventsub grant=%s: this process no longer leads (%s)", grant.grant_id,
                  reason)
 
@@ -398,14 +330,9 @@ class RedisRelay:
 
     async def _renew_grant(self, grant: _Grant) -> None:
         if grant.leader is not None:
-            held = await self._renew_script(keys=[self._keys.lease(grant.grant_id)],
-                                            args=[self.process_id, self._lease_ms])
-            if not held:
+            if not await self._coordination.renew_lease(grant.grant_id):
                 log.warning("eventsub grant=%s: lease lost to another process", grant.grant_id)
                 await self._step_down(grant, "lease_lost", lost=True)
-            else:
-                await self._client.set(self._keys.led(grant.grant_id), self.process_id,
-                                       px=self._lease_ms * 20)
         if grant.widgets or grant.counts:
             await self._publish_wants(grant)
         elif grant.leader is None and self._grants.get(grant.grant_id) is grant:
@@ -423,12 +350,10 @@ class RedisRelay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for grant in list(self._grants.values()):
             with contextlib.suppress(*_REDIS_ERRORS):
-                fields = [f"{self.process_id}|{token}" for token in grant.counts]
-                if fields:
-                    await self._client.hdel(self._keys.wants(grant.grant_id), *fields)
+                await self._coordination.forget(grant.grant_id, list(grant.counts))
             await self._step_down(grant, "shutdown")
         with contextlib.suppress(*_REDIS_ERRORS):
-            await self._client.delete(self._keys.alive(self.process_id))
+            await self._coordination.stop()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
