@@ -1,0 +1,112 @@
+"""Live events on Redis when the leader goes: SIGKILL (a gap, then a new session) and SIGTERM.
+
+Two real ``python -m proxy`` processes share the real Redis with a 2 s lease
+(test_eventsub_redis_support.py); the leader is whichever process said it took
+the lease. The mock Twitch counts the sockets the proxies hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from tests.processes import browser_login
+from tests.system import test_eventsub_redis_support as support
+from tests.system.test_eventsub_redis_support import (
+    Cluster,
+    ProxyProcess,
+    open_stream,
+    sockets_at_twitch,
+    trigger,
+    wait_for,
+)
+from tests.system.test_eventsub_support import Widget
+
+cluster, session = support.cluster, support.session
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def _subscribed_once(cluster: Cluster) -> list[str]:
+    """Wait for one enabled subscription on one socket; the live session ids."""
+    async def subscribed() -> bool:
+        state = await cluster.state()
+        subs = [sub for s in state["sessions"] for sub in s["subscriptions"]]
+        return len(subs) == 1 and state["open_sockets"] == 1
+    await wait_for(subscribed)
+    return [s["id"] for s in (await cluster.state())["sessions"] if s["subscriptions"]]
+
+
+async def _follows(widget: Widget, count: int) -> list[str]:
+    events = [await widget.next(10) for _ in range(count)]
+    assert [event.event for event in events] == ["channel.follow"] * count, events
+    return [event.data["user_name"] for event in events]
+
+
+async def _spread(cluster: Cluster, session) -> tuple[ProxyProcess, ProxyProcess,
+                                                      list[Widget], list[Widget]]:
+    """Two processes, two widgets on each, every widget live: (leader, follower, widgets...)."""
+    first, second = await cluster.start(2, session)
+    key = (await browser_login(session, first.base))["proxy_key"]
+    on_first = [await open_stream(session, cluster, first, key, "channel.follow:2")
+                for _ in range(2)]
+    on_second = [await open_stream(session, cluster, second, key, "channel.follow:2")
+                 for _ in range(2)]
+    await _subscribed_once(cluster)
+    await trigger(cluster, ["before"])
+    for widget in on_first + on_second:
+        assert await _follows(widget, 1) == ["before"]
+    assert [first.leads(), second.leads()].count(True) == 1, cluster.outputs()
+    if first.leads():
+        return first, second, on_first, on_second
+    return second, first, on_second, on_first
+
+
+async def test_a_killed_leader_is_replaced_and_its_widgets_elsewhere_get_a_gap(
+        cluster, session):
+    leader, follower, _, survivors = await _spread(cluster, session)
+    old_sessions = await _subscribed_once(cluster)
+    sockets: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            sockets.append(await sockets_at_twitch(cluster))
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        leader.process.send_signal(signal.SIGKILL)
+        assert await leader.process.wait() == -signal.SIGKILL
+        for widget in survivors:
+            gap = await widget.next(15)
+            assert (gap.event, gap.data["reason"]) == ("gap", "leader_lost"), gap
+            assert gap.data["subscription_types"] == ["channel.follow:2"]
+            assert gap.id
+        new_sessions = await _subscribed_once(cluster)
+    finally:
+        watcher.cancel()
+    assert follower.leads(), follower.output()
+    assert "previous leader died" in follower.output()
+    assert set(new_sessions).isdisjoint(old_sessions)  # a new Twitch session
+    assert max(sockets) == 1  # never two sockets for the grant
+    await trigger(cluster, ["after"])
+    for widget in survivors:
+        assert await _follows(widget, 1) == ["after"]
+
+
+async def test_a_leader_stopped_with_sigterm_hands_over_without_a_gap(cluster, session):
+    leader, follower, leaving, staying = await _spread(cluster, session)
+    leader.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(leader.process.wait(), 30) == 0, leader.output()
+    assert "no longer leads (shutdown)" in leader.output()
+    for widget in leaving:
+        assert await widget.ended(10)
+    # The follower takes over at once: no wait for the lease to lapse.
+    await _subscribed_once(cluster)
+    assert follower.leads(), follower.output()
+    assert "previous leader died" not in follower.output()
+    await trigger(cluster, ["after"])
+    for widget in staying:
+        assert await _follows(widget, 1) == ["after"]  # no gap before it
