@@ -148,7 +148,8 @@ def validate_limits(limits: LimitsConfig, helix: HelixConfig) -> list[str]:
     for f in dataclasses.fields(limits):
         if getattr(limits, f.name) < 0:
             problems.append(f"limits.{f.name} must not be negative")
-    for name in ("concurrent_per_grant", "concurrent_total", "max_header_line", "max_headers"):
+    for name in ("concurrent_per_grant", "concurrent_total", "max_header_line", "max_headers",
+                 "eventsub_streams_per_grant"):
         if getattr(limits, name) == 0:
             problems.append(f"limits.{name} must be at least 1")
     for pattern in helix.allow:

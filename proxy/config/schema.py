@@ -280,6 +280,16 @@ class LimitsConfig:
         "there: 429",
         default=10,
     )
+    eventsub_per_minute: int = _doc(
+        "`GET /eventsub` and `POST /eventsub/tickets` per client address and minute (also the "
+        "burst); beyond it: 429",
+        default=120,
+    )
+    eventsub_streams_per_grant: int = _doc(
+        "Open `/eventsub` streams of one grant in one process; beyond it: 429 "
+        "`too_many_streams` (each idle stream costs about 20 KB)",
+        default=1000,
+    )
     concurrent_per_grant: int = _doc(
         "Upstream requests of one grant in flight at once; beyond it: 429", default=32
     )

@@ -60,7 +60,7 @@ __all__ = [
 ACCEPTED_TOKEN_TTL = 600.0
 
 #: The per-address rate limits, by name (:meth:`AbuseGuard.spend`).
-RateBucket = Literal["login", "callback", "refresh"]
+RateBucket = Literal["login", "callback", "refresh", "eventsub"]
 
 #: Buckets kept per limiter before idle (full) ones are dropped; bounds memory
 #: when many addresses pass by.
@@ -256,6 +256,7 @@ class AbuseGuard:
             "login": RateLimiter(limits.login_per_minute, clock=clock),
             "callback": RateLimiter(limits.login_per_minute, clock=clock),
             "refresh": RateLimiter(limits.refresh_per_minute, clock=clock),
+            "eventsub": RateLimiter(limits.eventsub_per_minute, clock=clock),
         }
         self.invalid_keys = RateLimiter(limits.invalid_keys_per_minute, clock=clock)
         self.total = ConcurrencyLimit(limits.concurrent_total, wait=limits.concurrency_wait)

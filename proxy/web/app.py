@@ -83,6 +83,8 @@ ROUTE_LIMITS = {
     "refresh": RouteLimits(rate="refresh", form=True, upstream=True),
     "status": RouteLimits(form=True),
     "revoke": RouteLimits(form=True),
+    # Opening streams and buying tickets; a stream holds no concurrency slot (it lasts).
+    "eventsub": RouteLimits(rate="eventsub"),
 }
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
