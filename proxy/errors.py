@@ -17,6 +17,7 @@ The hierarchy of the proxy's answers::
     ├── ScopesNarrowed              (409 scopes_narrowed)
     ├── PayloadTooLarge             (413 payload_too_large)
     ├── RateLimited                 (429 rate_limited, Retry-After)
+    │   ├── TooManyStreams          (429 too_many_streams, Retry-After)
     │   └── BucketEmpty             (429 rate_limited, Twitch's bucket empty: Ratelimit-* headers)
     ├── TwitchRefused               (Twitch's own 4xx status and body)
     ├── UpstreamError               (502 upstream_error)
@@ -78,6 +79,7 @@ __all__ = [
     "ScopesNarrowed",
     "ScopesNotAllowed",
     "StoreUnavailable",
+    "TooManyStreams",
     "TwitchRefused",
     "UpstreamBadResponse",
     "UpstreamError",
@@ -205,6 +207,12 @@ class RateLimited(ProxyError):
     def __init__(self, message: str | None = None, *, retry_after: int = 1, **extra: Any) -> None:
         super().__init__(message, **extra)
         self.retry_after = max(1, retry_after)
+
+
+class TooManyStreams(RateLimited):
+    """This grant holds as many live-event streams as the proxy allows at once."""
+
+    code = "too_many_streams"
 
 
 class BucketEmpty(RateLimited):

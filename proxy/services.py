@@ -34,6 +34,7 @@ from .core.grant_cache import CachedGrantStore
 from .core.helix_call import HelixCaller
 from .core.limits import AbuseGuard
 from .core.refresh import Refresher
+from .core.relay_access import StreamAccess
 from .core.validator import Validator
 from .errors import StoreUnavailable
 from .store import open_store
@@ -78,6 +79,7 @@ class Services:
     app_token: AppTokenProvider
     helix_caller: HelixCaller
     validator: Validator
+    stream_access: StreamAccess
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -129,6 +131,9 @@ class Services:
                 on_outcome=self.metrics.validation_outcome,
                 purge_after=config.auth.purge_needs_reauth_after,
                 on_purged=self.metrics.grant_purged)
+            # Open live-event streams, ended when their key or grant is revoked.
+            self.stream_access = StreamAccess(self.grants.grant_for_key,
+                                              login_url=config.server.login_url)
             yield self
 
     def _helix_answered(self, credential: Credential, status: int | None, seconds: float,

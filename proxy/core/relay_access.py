@@ -38,14 +38,22 @@ class StreamAccess:
         self._login_url = login_url
         self._interval = interval
         self._by_key: dict[str, set[Outbox]] = collections.defaultdict(set)
+        self._grant_of: dict[Outbox, str] = {}
+        self._per_grant: collections.Counter[str] = collections.Counter()
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:  # never the keys
         return f"StreamAccess(keys={len(self._by_key)})"
 
-    def add(self, key: str, outbox: Outbox) -> None:
-        """Watch ``outbox``, opened with ``key``."""
+    def streams_of(self, grant_id: str) -> int:
+        """How many open streams of ``grant_id`` this process holds."""
+        return self._per_grant[grant_id]
+
+    def add(self, key: str, grant_id: str, outbox: Outbox) -> None:
+        """Watch ``outbox``, opened with ``key`` for ``grant_id``."""
         self._by_key[key].add(outbox)
+        self._grant_of[outbox] = grant_id
+        self._per_grant[grant_id] += 1
 
     def discard(self, key: str, outbox: Outbox) -> None:
         """Stop watching ``outbox`` (its stream ended)."""
@@ -54,6 +62,14 @@ class StreamAccess:
             outboxes.discard(outbox)
             if not outboxes:
                 del self._by_key[key]
+        self._forget(outbox)
+
+    def _forget(self, outbox: Outbox) -> None:
+        grant_id = self._grant_of.pop(outbox, None)
+        if grant_id is not None:
+            self._per_grant[grant_id] -= 1
+            if self._per_grant[grant_id] <= 0:
+                del self._per_grant[grant_id]
 
     def start(self) -> None:
         """Start re-checking (at start-up, in the running loop)."""
@@ -91,6 +107,7 @@ class StreamAccess:
             for outbox in self._by_key.pop(key, set()):
                 outbox.put(frame)
                 outbox.close("access_ended")
+                self._forget(outbox)
                 ended += 1
         return ended
 

@@ -234,6 +234,12 @@ class SealedIndex:
         name = f"ticket:{digest}"
         await self.store.put(name, self._seal(name, key), ttl=ttl)
 
+    async def peek_ticket(self, digest: str) -> str | None:
+        """The key a ticket was issued for, leaving the ticket usable."""
+        name = f"ticket:{digest}"
+        value = self._unseal(name, await self.store.get(name))
+        return value if isinstance(value, str) else None
+
     async def take_ticket(self, digest: str) -> str | None:
         """The key a ticket was issued for, to exactly one caller; None if unknown or used.
 

@@ -44,6 +44,16 @@ class TicketBook:
         await self._grants.put_ticket(token_hash(ticket), proxy_key, ttl=self.ttl)
         return ticket
 
+    async def peek(self, ticket: str) -> str | None:
+        """The proxy key ``ticket`` was issued for, without spending it (None if unusable).
+
+        A request checks everything it can with the key first and spends the ticket
+        (:meth:`redeem`) last, so that a typo costs an error, not the ticket.
+        """
+        if not ticket.startswith(TICKET_PREFIX) or len(ticket) > _MAX_LENGTH:
+            return None
+        return await self._grants.peek_ticket(token_hash(ticket))
+
     async def redeem(self, ticket: str) -> str | None:
         """The proxy key ``ticket`` was issued for, once; None if unknown, used or expired."""
         if not ticket.startswith(TICKET_PREFIX) or len(ticket) > _MAX_LENGTH:

@@ -21,8 +21,12 @@ Conditions default to the grant's user; condition fields in the query
 (``broadcaster_user_id=...``) are checked (:mod:`proxy.core.relay_catalog`).
 Authentication: ``Authorization: Bearer tpk_...`` for fetch-based readers,
 or ``?ticket=`` from ``POST /eventsub/tickets`` (made with the key in the
-header) because ``EventSource`` cannot send headers. A proxy key is never
-accepted in a URL. Everything wrong with a request is a JSON error before the
+header) because ``EventSource`` cannot send headers; a request spends its
+ticket only once everything else about it was accepted. A proxy key is never
+accepted in a URL, nor a ticket anywhere but ``?ticket=``, and neither is ever
+echoed in an error. An open stream lasts only as long as its key and grant:
+revoking either ends it (:mod:`proxy.core.relay_access`). A grant holds at most
+``limits.eventsub_streams_per_grant`` streams per process. Everything wrong with a request is a JSON error before the
 stream starts; once it has started, problems arrive as events.
 
 :func:`setup_eventsub` registers the routes, the relay's start and stop, and
@@ -36,7 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -46,18 +51,20 @@ from ...config import Config
 from ...core.credential import proxy_key_in
 from ...core.grant_records import ACTIVE, Grant
 from ...core.relay import Relay, RelaySettings
-from ...core.relay_catalog import CONDITION_FIELDS, parse_type, resolve_subscriptions
+from ...core.relay_access import StreamAccess
+from ...core.relay_catalog import CONDITION_FIELDS, check_request, resolve_subscriptions
 from ...core.relay_redis import NEEDS_REDIS, RelayBackend, relay_mode
 from ...core.relay_redis_hub import RedisRelay
 from ...core.relay_twitch import HelixSubscriptions
 from ...core.sealed_index import PROXY_KEY_PREFIX
-from ...core.tickets import TicketBook
+from ...core.tickets import TICKET_PREFIX, TicketBook
 from ...errors import (
     EventSubNeedsRedis,
     InvalidProxyKey,
     InvalidRequest,
     InvalidTicket,
     ReauthorizationRequired,
+    TooManyStreams,
 )
 from ...services import Services
 from ...store.redis import RedisStore
@@ -73,6 +80,18 @@ log = logging.getLogger(__name__)
 _PARAMETERS = frozenset(("type", "ticket", "last_event_id"))
 #: At most this many types per stream (each is a subscription the grant shares).
 _MAX_TYPES = 20
+#: An unknown parameter's name is shown back only when it looks like one (never a secret).
+_SHOWABLE_NAME = re.compile(r"[a-z_]{1,40}")
+
+
+def _secret_in_url(query: Mapping[str, str]) -> bool:
+    """A proxy key anywhere in the query, or a ticket anywhere but ``?ticket=``."""
+    for name, value in query.items():
+        if PROXY_KEY_PREFIX in name or PROXY_KEY_PREFIX in value or TICKET_PREFIX in name:
+            return True
+        if name != "ticket" and TICKET_PREFIX in value:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +130,7 @@ class _EventSubRoutes:
         self._services = services
         self._options = options
         self.tickets: TicketBook | None = None  # built with the relay, at start-up
+        self._streams_per_grant = services.config.limits.eventsub_streams_per_grant
         self.relay: RelayBackend | None = None
         config = services.config
         #: Several workers on a store that cannot coordinate them: both routes refuse.
@@ -165,30 +185,34 @@ class _EventSubRoutes:
         """``GET /eventsub``: see the module docstring."""
         self.check_available()
         query = request.query
-        if any(value.strip().startswith(PROXY_KEY_PREFIX) for value in query.values()):
-            raise InvalidRequest("A proxy key never goes in a URL: send it in the "
-                                 "Authorization header, or get a ticket from "
-                                 "POST /eventsub/tickets.")
+        if _secret_in_url(query):
+            raise InvalidRequest("A proxy key never goes in a URL, and a ticket only as "
+                                 "?ticket=: send the key in the Authorization header, or get "
+                                 "a ticket from POST /eventsub/tickets.")
         unknown = sorted(set(query) - _PARAMETERS - CONDITION_FIELDS)
         if unknown:
-            raise InvalidRequest(f"Unknown query parameter(s): {', '.join(unknown)[:200]}.")
+            shown = [name for name in unknown if _SHOWABLE_NAME.fullmatch(name)]
+            raise InvalidRequest("Unknown query parameter(s): "
+                                 + (", ".join(shown)[:200] or "(unreadable names)") + ".")
         for name in query:
             if name != "type" and len(query.getall(name)) > 1:
                 raise InvalidRequest(f"{name} is given more than once.")
         types = query.getall("type", [])
         if len(types) > _MAX_TYPES:
             raise InvalidRequest(f"At most {_MAX_TYPES} types per stream.")
-        for text in types:
-            parse_type(text)  # before a ticket is spent on a typo
-        grant = await self._authenticated(request)
+        conditions = {name: query[name] for name in query if name in CONDITION_FIELDS}
+        check_request(types, conditions)  # before a ticket is spent on a typo
+        key, grant = await self._authenticated(request)
         if not grant.user_id:
             raise InvalidRequest("This grant's Twitch user is not known yet; log in again.")
-        keys = resolve_subscriptions(
-            types, {name: query[name] for name in query if name in CONDITION_FIELDS},
-            user_id=grant.user_id)
-        relay = self.relay
+        keys = resolve_subscriptions(types, conditions, user_id=grant.user_id)
+        relay, access = self.relay, self._services.stream_access
         if relay is None:
             raise web.HTTPServiceUnavailable(reason="starting")  # pragma: no cover
+        if access.streams_of(grant.grant_id) >= self._streams_per_grant:
+            raise TooManyStreams(f"This grant already has {self._streams_per_grant} open "
+                                 "streams in this process; close some first.", retry_after=60)
+        await self._spend_ticket(request, key)  # last: a refused request keeps its ticket
         note_grant(grant.grant_id)  # the request log names the grant, never the key
         last_event_id = request.headers.get("Last-Event-ID") or query.get("last_event_id")
 
@@ -198,6 +222,7 @@ class _EventSubRoutes:
         await response.prepare(request)
         await response.write(f"retry: {self._options.retry_ms}\n: connected\n\n".encode())
         outbox = relay.attach(grant.grant_id, grant.user_id, keys, last_event_id)
+        access.add(key, grant.grant_id, outbox)  # revoking the key ends the stream
         # The heartbeat task ends when a write fails: the widget went away.
         gone = asyncio.ensure_future(response.wait())
         gone.add_done_callback(lambda _: outbox.close("disconnected"))
@@ -215,13 +240,14 @@ class _EventSubRoutes:
             if request.transport is not None or task is None or task.uncancel():
                 raise
         finally:
+            access.discard(key, outbox)
             relay.detach(outbox)
             response.stop_streaming()
             gone.cancel()
         return response
 
-    async def _authenticated(self, request: web.Request) -> Grant:
-        """The grant of the key in the header, or of the key a ticket was issued for."""
+    async def _authenticated(self, request: web.Request) -> tuple[str, Grant]:
+        """The key in the header, or the key a ticket was issued for, and its grant."""
         authorization = request.headers.get("Authorization", "")
         if authorization:
             key = proxy_key_in(authorization)
@@ -232,7 +258,7 @@ class _EventSubRoutes:
             if not ticket:
                 raise InvalidProxyKey("Send Authorization: Bearer <proxy key>, or a ticket "
                                       "from POST /eventsub/tickets as ?ticket=.")
-            key = await self._started(self.tickets).redeem(ticket)
+            key = await self._started(self.tickets).peek(ticket)
             if key is None:
                 raise InvalidTicket("This ticket is unknown, used or expired: get a new one "
                                     "from POST /eventsub/tickets.")
@@ -241,7 +267,19 @@ class _EventSubRoutes:
         fresh = await self._services.refresher.ensure_fresh(grant)
         if fresh is not grant:
             grants.remember(fresh)
-        return fresh
+        return key, fresh
+
+    async def _spend_ticket(self, request: web.Request, key: str) -> None:
+        """Spend the request's ticket, if it came with one; of racing requests one wins."""
+        if request.headers.get("Authorization"):
+            return
+        if await self._started(self.tickets).redeem(request.query["ticket"]) != key:
+            raise InvalidTicket("This ticket is unknown, used or expired: get a new one "
+                                "from POST /eventsub/tickets.")
+
+    def stream_access(self) -> StreamAccess:
+        """The register of open streams (opened with the services)."""
+        return self._services.stream_access
 
     def build_tickets(self) -> TicketBook:
         """The ticket book, on the opened grant store (every worker sees every ticket)."""
@@ -267,7 +305,10 @@ def _relay_ctx(routes: _EventSubRoutes) -> Callable[[web.Application], AsyncIter
     async def eventsub_relay_ctx(app: web.Application) -> AsyncIterator[None]:
         routes.relay = routes.build_relay()
         routes.tickets = routes.build_tickets()
+        access = routes.stream_access()
+        access.start()
         yield
+        await access.aclose()
         if routes.relay is not None:
             await routes.relay.aclose()
     return eventsub_relay_ctx

@@ -98,6 +98,8 @@ def setup_status(app: web.Application, services: Services) -> None:
             answer["keys_revoked"] = await grants.revoke_keys_of(grant.grant_id)
         else:
             await grants.revoke_key(key)
+        # Live-event streams opened with what was revoked end now, not at the next check.
+        await services.stream_access.check()
         return web.json_response(answer)
 
     app.router.add_get("/status", status_get, name="status")

@@ -44,7 +44,7 @@ async def watched(grants, access, count=1):
     key, _ = await grants.create_key(loaded.grant.grant_id)
     outboxes = [Outbox(()) for _ in range(count)]
     for outbox in outboxes:
-        access.add(key, outbox)
+        access.add(key, loaded.grant.grant_id, outbox)
     return loaded.grant, key, outboxes
 
 
@@ -57,8 +57,9 @@ async def test_a_live_key_keeps_its_streams(grants):
 
 async def test_a_revoked_key_ends_every_stream_it_opened_and_no_other(grants):
     access = StreamAccess(grants.grant_for_key, login_url=LOGIN_URL)
-    _, key, outboxes = await watched(grants, access, count=3)
+    grant, key, outboxes = await watched(grants, access, count=3)
     _, _, (other,) = await watched(grants, access)
+    assert access.streams_of(grant.grant_id) == 3
     assert await grants.revoke_key(key)
     assert await access.check() == 3
     for outbox in outboxes:
@@ -68,6 +69,7 @@ async def test_a_revoked_key_ends_every_stream_it_opened_and_no_other(grants):
             "message": "This proxy key was revoked: the stream ends."})]
     assert not other.closed
     assert await access.check() == 0  # ended streams are forgotten
+    assert access.streams_of(grant.grant_id) == 0
 
 
 async def test_a_grant_that_needs_a_login_ends_its_streams_with_the_login_url(grants):
@@ -88,8 +90,10 @@ async def test_a_deleted_grant_ends_its_streams(grants):
 
 async def test_a_stream_that_ended_is_no_longer_watched(grants):
     access = StreamAccess(grants.grant_for_key, login_url=LOGIN_URL)
-    _, key, (outbox,) = await watched(grants, access)
+    grant, key, (outbox,) = await watched(grants, access)
+    outbox_grant = grant.grant_id
     access.discard(key, outbox)
+    assert access.streams_of(outbox_grant) == 0
     await grants.revoke_key(key)
     assert await access.check() == 0 and not outbox.closed
     assert key not in repr(access)
@@ -120,7 +124,7 @@ async def test_an_unreachable_store_ends_nothing_and_is_retried(grants):
 
     access = StreamAccess(failing, login_url=LOGIN_URL)
     outbox = Outbox(())
-    access.add("tpk_x", outbox)
+    access.add("tpk_x", "g_1", outbox)
     assert await access.check() == 0 and calls == 1 and not outbox.closed
 
 

@@ -115,3 +115,15 @@ async def test_a_ticket_entry_copied_under_another_name_opens_nothing(opened):
     await store.put(other_name, await store.get(name), ttl=60)  # same bytes, another name
     assert await book.redeem(other) is None
     assert await book.redeem(ticket) == KEY
+
+
+async def test_peeking_leaves_the_ticket_usable(opened):
+    """A request checks everything first and spends its ticket last."""
+    book = book_on(await opened())
+    ticket = await book.issue(KEY)
+    assert await book.peek(ticket) == KEY
+    assert await book.peek(ticket) == KEY
+    assert await book.redeem(ticket) == KEY
+    assert await book.peek(ticket) is None
+    for junk in ("", "tkt_nope", KEY, "tkt_" + "x" * 500):
+        assert await book.peek(junk) is None
