@@ -306,10 +306,18 @@ class RedisRelay:
             self._spawn(self._step_down(grant, "idle"))
 
     async def _step_down(self, grant: _Grant, reason: str, *, lost: bool = False) -> None:
-        """Close the session and, unless it was lost, release the lease and the mark."""
+        """Close the session and release the lease and the mark.
+
+        A lease that was ``lost`` (Redis forgot it, and another process took it)
+        is not released; the new leader does not know events were missed while
+        the session moved, so this one says so.
+        """
         leader, grant.leader = grant.leader, None
         if leader is None:
             return
+        if lost:
+            leader.announce_gap("lease_lost", "The connection to Twitch moved to another "
+                                "process; events in between may have been missed.")
         await leader.close(reason)
         if not lost:
             with contextlib.suppress(*_REDIS_ERRORS):

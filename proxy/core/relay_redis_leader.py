@@ -10,8 +10,8 @@ added to the grant's stream and published on its channel, in the order the
 channel produced it, by one publisher task; streams the channel ends
 (``session_ended``, ``reauthorization_required``) become ``end`` messages.
 
-When Redis fails, what could not be published is dropped and the next
-message that does get through is preceded by a ``gap``.
+When Redis fails, what could not be published is dropped, and a ``gap``
+takes its place as soon as Redis answers again.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ return id
 #: Streams the channel ends for these reasons end on every process too.
 _ENDING = frozenset(("session_ended", "reauthorization_required"))
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: Seconds between attempts to reach Redis again.
+_RETRY = 0.5
 
 
 async def publish_entry(client: redis.asyncio.Redis, keys: RelayKeys, grant_id: str,
@@ -131,7 +133,6 @@ class Leader:
                                     on_idle=lambda _: on_idle(self))
         self.channel.buffer = _PublishingBuffer(self.queue)  # type: ignore[assignment]
         self._publisher = asyncio.ensure_future(self._publish())
-        self._lost = False
 
     @property
     def wanted(self) -> frozenset[SubscriptionKey]:
@@ -167,24 +168,39 @@ class Leader:
         await asyncio.gather(self._publisher, return_exceptions=True)
 
     async def _publish(self) -> None:
-        """Publish queued entries in order; after a Redis failure, a ``gap`` first."""
+        """Publish queued entries in order (see :meth:`_publish_or_gap`)."""
         while True:
             entry = await self.queue.get()
             try:
-                if self._lost:
-                    await publish_entry(self._client, self._keys, self.grant_id, Entry(
-                        "gap", {"reason": "store_unavailable", "close_code": None,
-                                "subscription_types": sorted({k.name for k in self._wants}),
-                                "message": "The token store (Redis) was unreachable; events "
-                                           "in between were missed."}, None),
-                        max_events=self._settings.buffer_events)
-                    self._lost = False
-                await publish_entry(self._client, self._keys, self.grant_id, entry,
-                                    max_events=self._settings.buffer_events)
-            except _REDIS_ERRORS as exc:
-                if not self._lost:
-                    log.warning("eventsub grant=%s: Redis unavailable, events are being "
-                                "missed (%s)", self.grant_id, type(exc).__name__)
-                self._lost = True
+                await self._publish_or_gap(entry)
             finally:
                 self.queue.task_done()
+
+    async def _publish_or_gap(self, entry: Entry) -> None:
+        """Publish ``entry``; if Redis fails, a ``gap`` in its place once Redis answers.
+
+        The entry is not sent again: its ``XADD`` may have run before the
+        connection broke, and a widget must never get an event twice.
+        """
+        try:
+            await publish_entry(self._client, self._keys, self.grant_id, entry,
+                                max_events=self._settings.buffer_events)
+            return
+        except _REDIS_ERRORS as exc:
+            log.warning("eventsub grant=%s: Redis unavailable, events are being missed (%s)",
+                        self.grant_id, type(exc).__name__)
+        gap = Entry("gap", {
+            "reason": "store_unavailable", "close_code": None,
+            "subscription_types": sorted({key.name for key in self._wants}),
+            "message": "The token store (Redis) was unreachable; events in between were "
+                       "missed."}, None)
+        while True:
+            await asyncio.sleep(_RETRY)
+            try:
+                await publish_entry(self._client, self._keys, self.grant_id, gap,
+                                    max_events=self._settings.buffer_events)
+            except _REDIS_ERRORS:
+                continue
+            log.info("eventsub grant=%s: Redis answers again; widgets were told what they "
+                     "missed", self.grant_id)
+            return
