@@ -30,7 +30,7 @@ from .relay_catalog import SubscriptionKey
 from .relay_stream import Outbox
 
 __all__ = ["NEEDS_REDIS", "Entry", "RelayBackend", "RelayKeys", "key_from_token",
-           "key_token", "relay_mode", "stream_id"]
+           "key_token", "relay_mode", "stream_id", "text_of"]
 
 #: The refusal's message: what is wrong and how to fix it.
 NEEDS_REDIS = ("Live events need one Twitch socket per streamer, shared by every worker, "
@@ -100,6 +100,11 @@ def key_from_token(token: str) -> SubscriptionKey:
     kind, version, condition = json.loads(token)
     return SubscriptionKey(str(kind), str(version),
                            tuple((str(name), str(value)) for name, value in condition))
+
+
+def text_of(value: Any) -> str:
+    """A reply of the client (bytes: it does not decode responses) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def stream_id(text: str) -> tuple[int, int] | None:

@@ -36,18 +36,18 @@ import collections
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio
 import redis.exceptions
 
 from .relay_catalog import SubscriptionKey
-from .relay_redis import Entry, RelayKeys, key_token, stream_id
-from .relay_redis_leader import Leader
+from .relay_redis import Entry, RelayKeys, key_token, stream_id, text_of
+from .relay_redis_leader import Leader, fingerprint
 from .relay_redis_lease import CONTROL_ID, Coordination
+from .relay_redis_widgets import WidgetCursor
 from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
 from .relay_stream import Outbox, encode_frame
 
@@ -57,37 +57,16 @@ log = logging.getLogger(__name__)
 
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
-#: A stream entry as redis-py returns it: id and fields (bytes: the client does not decode).
-_StreamEntry = Any
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def _newest_id(client: redis.asyncio.Redis, stream: str) -> str | None:
-    """The id of the stream's last entry (None: the stream is empty or gone)."""
-    newest = cast("list[_StreamEntry]", await client.xrevrange(stream, count=1))
-    return _text(newest[0][0]) if newest else None
-
-
-@dataclass(eq=False)
-class _Widget:
-    tokens: frozenset[str]
-    #: The id of the last entry it has (or that it was attached after).
-    after: tuple[int, int] = (0, 0)
-    live: bool = False
-    held: list[tuple[tuple[int, int], str, Entry]] = field(default_factory=list)
-
-
 @dataclass(eq=False)
 class _Grant:
     grant_id: str
     user_id: str
-    widgets: dict[Outbox, _Widget] = field(default_factory=dict)
+    widgets: dict[Outbox, WidgetCursor] = field(default_factory=dict)
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     leader: Leader | None = None
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: While handing the grant over: set when the next leader's session is ready.
+    successor_ready: asyncio.Event | None = None
 
 
 class RedisRelay:
@@ -105,6 +84,8 @@ class RedisRelay:
         self._login_url = login_url
         self._coordination = Coordination(client, self._keys, self.process_id, lease=lease)
         self._renew = renew
+        #: The longest a hand-over waits for the next leader (then it just stops).
+        self._handover_wait = min(5.0, lease)
         self._grants: dict[str, _Grant] = {}
         self._owners: dict[Outbox, _Grant] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -124,11 +105,11 @@ class RedisRelay:
         if grant is None:
             grant = self._grants[grant_id] = _Grant(grant_id, user_id)
         outbox = Outbox(keys, limit=self.settings.outbox_limit)
-        widget = _Widget(frozenset(key_token(key) for key in outbox.keys))
+        widget = WidgetCursor(outbox, frozenset(key_token(key) for key in outbox.keys))
         grant.widgets[outbox] = widget
         grant.counts.update(widget.tokens)
         self._owners[outbox] = grant
-        self._spawn(self._join(grant, outbox, widget, last_event_id))
+        self._spawn(self._join(grant, widget, last_event_id))
         return outbox
 
     def detach(self, outbox: Outbox) -> None:
@@ -143,60 +124,13 @@ class RedisRelay:
             if not self._closing:
                 self._spawn(self._publish_wants(grant))
 
-    async def _join(self, grant: _Grant, outbox: Outbox, widget: _Widget,
+    async def _join(self, grant: _Grant, widget: WidgetCursor,
                     last_event_id: str | None) -> None:
         try:
             await self._publish_wants(grant)
-            stream = self._keys.events(grant.grant_id)
-            position = stream_id(last_event_id) if last_event_id else None
-            if last_event_id and (position is None or not await self._resumable(
-                    stream, last_event_id, position)):
-                outbox.put(encode_frame("gap", {
-                    "reason": "resume_unavailable",
-                    "message": "Events since your Last-Event-ID are no longer kept; some "
-                               "may have been missed."},
-                    event_id=await _newest_id(self._client, stream)))
-                position = None
-            if position is not None:
-                widget.after = position
-                await self._replay(stream, grant, outbox, widget, last_event_id or "")
-            # Otherwise it gets what was published since it was attached (held meanwhile).
-        except _REDIS_ERRORS:
-            outbox.put(encode_frame("gap", {
-                "reason": "store_unavailable",
-                "message": "The token store (Redis) is unreachable; events may be missed."}))
-        widget.live = True
-        held, widget.held = widget.held, []
-        for position, event_id, entry in held:
-            self._deliver(outbox, widget, position, event_id, entry)
-
-    async def _resumable(self, stream: str, last_event_id: str,
-                         position: tuple[int, int]) -> bool:
-        """Whether ``last_event_id`` is still in the stream and young enough."""
-        if time.time() * 1000 - position[0] > self.settings.buffer_age * 1000:
-            return False
-        return bool(await self._client.xrange(stream, min=last_event_id, max=last_event_id))
-
-    async def _replay(self, stream: str, grant: _Grant, outbox: Outbox, widget: _Widget,
-                      after: str) -> None:
-        entries = cast("list[_StreamEntry]",
-                       await self._client.xrange(stream, min="(" + after, max="+"))
-        for raw_id, fields in entries:
-            event_id = _text(raw_id)
-            position = stream_id(event_id)
-            if position is not None:
-                self._deliver(outbox, widget, position, event_id,
-                              Entry.decode(fields[b"m"]))
-
-    def _deliver(self, outbox: Outbox, widget: _Widget, position: tuple[int, int],
-                 event_id: str, entry: Entry, frame: bytes | None = None) -> None:
-        if position <= widget.after or not entry.wanted_by(widget.tokens):
-            return
-        widget.after = position
-        if entry.event == "end":
-            outbox.close(str(entry.data.get("reason", "ended")))
-            return
-        outbox.put(frame or encode_frame(entry.event, entry.data, event_id=event_id))
+        finally:
+            await widget.join(self._client, self._keys.events(grant.grant_id), last_event_id,
+                              max_age=self.settings.buffer_age)
 
     # -- the channels ------------------------------------------------------------------
 
@@ -216,7 +150,7 @@ class RedisRelay:
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=1.0)
                     if message is not None:
-                        self._on_message(_text(message["channel"]), _text(message["data"]))
+                        self._on_message(text_of(message["channel"]), text_of(message["data"]))
             except _REDIS_ERRORS as exc:
                 if not failed:
                     log.warning("eventsub: lost Redis pub/sub (%s); retrying",
@@ -230,19 +164,8 @@ class RedisRelay:
     async def _catch_up(self, grant: _Grant) -> None:
         """What the widgets missed while the channel was down, or a ``gap``."""
         stream = self._keys.events(grant.grant_id)
-        for outbox, widget in list(grant.widgets.items()):
-            if not widget.live:
-                continue
-            after = f"{widget.after[0]}-{widget.after[1]}"
-            if widget.after == (0, 0) or await self._client.xrange(stream, min=after,
-                                                                    max=after):
-                await self._replay(stream, grant, outbox, widget, after)
-            else:
-                outbox.put(encode_frame("gap", {
-                    "reason": "store_unavailable",
-                    "message": "The token store (Redis) lost the recent events; some may "
-                               "have been missed."},
-                    event_id=await _newest_id(self._client, stream)))
+        for widget in list(grant.widgets.values()):
+            await widget.catch_up(self._client, stream)
         if grant.leader is not None or grant.widgets:
             await self._publish_wants(grant)
 
@@ -253,18 +176,26 @@ class RedisRelay:
         event_id, _, text = data.partition(" ")
         entry = Entry.decode(text)
         if event_id == CONTROL_ID:
-            if entry.event in ("wants", "handover"):
-                self._spawn(self._lead_or_sync(grant))
+            self._on_control(grant, entry.event)
             return
         position = stream_id(event_id)
         if position is None:
             return
+        if grant.leader is not None and grant.leader.holding:
+            grant.leader.seen.add(fingerprint(entry))  # the old leader published it
         frame = encode_frame(entry.event, entry.data, event_id=event_id)  # once for all
-        for outbox, widget in grant.widgets.items():
-            if widget.live:
-                self._deliver(outbox, widget, position, event_id, entry, frame)
-            elif entry.wanted_by(widget.tokens):
-                widget.held.append((position, event_id, entry))
+        for widget in grant.widgets.values():
+            widget.offer(position, event_id, entry, frame)
+
+    def _on_control(self, grant: _Grant, word: str) -> None:
+        if word == "wants":
+            self._spawn(self._lead_or_sync(grant))
+        elif word == "handover":
+            self._spawn(self._lead_or_sync(grant, handover=True))
+        elif word == "ready" and grant.successor_ready is not None:
+            grant.successor_ready.set()
+        elif word == "stepped_down" and grant.leader is not None:
+            grant.leader.predecessor_gone.set()
 
     # -- wants and the lease -------------------------------------------------------------
 
@@ -273,8 +204,12 @@ class RedisRelay:
         await self._coordination.write_wants(grant.grant_id, grant.counts)
         await self._lead_or_sync(grant)
 
-    async def _lead_or_sync(self, grant: _Grant) -> None:
-        """Lead ``grant`` if nobody does and we have widgets; as leader, follow the wants."""
+    async def _lead_or_sync(self, grant: _Grant, *, handover: bool = False) -> None:
+        """Lead ``grant`` if nobody does and we have widgets; as leader, follow the wants.
+
+        After a ``handover`` the new session overlaps the old one (see
+        :meth:`_take_over`).
+        """
         if self._closing:
             return
         async with grant.busy:
@@ -284,7 +219,9 @@ class RedisRelay:
                 taken, died = await self._coordination.take_lease(grant.grant_id)
                 if not taken:
                     return
-                grant.leader = self._new_leader(grant)
+                grant.leader = self._new_leader(grant, holding=handover and not died)
+                if grant.leader.holding:
+                    self._spawn(self._take_over(grant, grant.leader))
                 log.info("eventsub grant=%s: this process leads its Twitch session%s",
                          grant.grant_id, " (the previous leader died)" if died else "")
                 grant.leader.sync(await self._coordination.union(grant.grant_id))
@@ -295,10 +232,49 @@ class RedisRelay:
             else:
                 grant.leader.sync(await self._coordination.union(grant.grant_id))
 
-    def _new_leader(self, grant: _Grant) -> Leader:
+    def _new_leader(self, grant: _Grant, *, holding: bool) -> Leader:
         return Leader(grant.grant_id, grant.user_id, client=self._client, keys=self._keys,
                       api=self._api, open_socket=self._open_socket, login_url=self._login_url,
-                      settings=self.settings, on_idle=self._leader_idle)
+                      settings=self.settings, on_idle=self._leader_idle, holding=holding)
+
+    async def _take_over(self, grant: _Grant, leader: Leader) -> None:
+        """A hand-over: say when our session is ready, publish once the old one is gone."""
+        try:
+            async with asyncio.timeout(self._handover_wait):
+                # The channel has no hook for "every subscription created": poll it.
+                while not leader.subscribed():  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            await self._coordination.control(grant.grant_id, "ready")
+            async with asyncio.timeout(self._handover_wait):
+                await leader.predecessor_gone.wait()
+        except TimeoutError:
+            log.warning("eventsub grant=%s: the hand-over did not complete in time",
+                        grant.grant_id)
+        finally:
+            leader.release()
+
+    async def _hand_over(self, grant: _Grant) -> None:
+        """Stopping: let another process with widgets connect before our session closes."""
+        leader = grant.leader
+        if leader is None:
+            return
+        grant.successor_ready = ready = asyncio.Event()
+        try:
+            if not await self._coordination.union(grant.grant_id):
+                await self._step_down(grant, "shutdown")  # nobody else needs it
+                return
+            await self._coordination.release_lease(grant.grant_id)
+            async with asyncio.timeout(self._handover_wait):
+                await ready.wait()
+        except (TimeoutError, *_REDIS_ERRORS):
+            log.warning("eventsub grant=%s: no process took the session over in time",
+                        grant.grant_id)
+        grant.leader = None
+        await leader.close("shutdown")
+        log.info("eventsub grant=%s: this process no longer leads (shutdown, handed over)",
+                 grant.grant_id)
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await self._coordination.control(grant.grant_id, "stepped_down")
 
     def _leader_idle(self, leader: Leader) -> None:
         grant = self._grants.get(leader.grant_id)
@@ -353,13 +329,15 @@ class RedisRelay:
         self._closing = True
         for outbox in list(self._owners):
             outbox.close("shutdown")
+        grants = list(self._grants.values())
+        for grant in grants:
+            with contextlib.suppress(*_REDIS_ERRORS):
+                await self._coordination.forget(grant.grant_id, list(grant.counts))
+        # The channels are still read meanwhile: the next leader says when it is ready.
+        await asyncio.gather(*(self._hand_over(grant) for grant in grants))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for grant in list(self._grants.values()):
-            with contextlib.suppress(*_REDIS_ERRORS):
-                await self._coordination.forget(grant.grant_id, list(grant.counts))
-            await self._step_down(grant, "shutdown")
         with contextlib.suppress(*_REDIS_ERRORS):
             await self._coordination.stop()
 

@@ -12,6 +12,13 @@ channel produced it, by one publisher task; streams the channel ends
 
 When Redis fails, what could not be published is dropped, and a ``gap``
 takes its place as soon as Redis answers again.
+
+A leader taking over from one that is stopping (a hand-over) starts
+``holding``: its session and the old one overlap, and Twitch sends the events
+of that moment to both. It keeps its own entries back and notes the
+:func:`fingerprint` of every entry the old leader publishes meanwhile; once
+the old leader says it stepped down, it publishes what it kept except what
+the old one already did (:meth:`Leader.release`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from .relay_redis import Entry, RelayKeys, key_token
 from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
 from .relay_stream import BufferedEvent, Outbox
 
-__all__ = ["Leader", "publish_entry"]
+__all__ = ["Leader", "fingerprint", "publish_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,15 @@ async def publish_entry(client: redis.asyncio.Redis, keys: RelayKeys, grant_id: 
     added = await script(keys=[keys.events(grant_id), keys.channel(grant_id)],
                          args=[max_events, entry.encode()])
     return added.decode() if isinstance(added, bytes) else str(added)
+
+
+def fingerprint(entry: Entry) -> str:
+    """What makes two copies of one Twitch event equal across two sessions."""
+    return json.dumps([entry.event, entry.data], sort_keys=True, separators=(",", ":"))
+
+
+#: Queued to end holding, behind what was queued before it.
+_RELEASE = Entry("release", {}, None)
 
 
 class _PublishingBuffer:
@@ -121,9 +137,17 @@ class Leader:
     def __init__(self, grant_id: str, user_id: str, *, client: redis.asyncio.Redis,
                  keys: RelayKeys, api: SubscriptionApi,
                  open_socket: Callable[[], EventSubConnection], login_url: str,
-                 settings: RelaySettings, on_idle: Callable[[Leader], None]) -> None:
+                 settings: RelaySettings, on_idle: Callable[[Leader], None],
+                 holding: bool = False) -> None:
         self.grant_id = grant_id
         self.queue: asyncio.Queue[Entry] = asyncio.Queue()
+        #: Taking over from a leader still connected: see the module docstring.
+        self.holding = holding
+        #: Fingerprints of what the old leader published while this one held.
+        self.seen: set[str] = set()
+        #: Set when the old leader says it stepped down.
+        self.predecessor_gone = asyncio.Event()
+        self._held: list[Entry] = []
         self._client = client
         self._keys = keys
         self._settings = settings
@@ -137,6 +161,17 @@ class Leader:
     @property
     def wanted(self) -> frozenset[SubscriptionKey]:
         return frozenset(self._wants)
+
+    def subscribed(self) -> bool:
+        """Whether Twitch has created every subscription wanted (the session is ready)."""
+        subscriptions = self.channel.subscriptions
+        return bool(subscriptions) and all(twitch_id is not None
+                                           for twitch_id in subscriptions.values())
+
+    def release(self) -> None:
+        """Stop holding: publish what was kept, but what the old leader published."""
+        if self.holding:
+            self.queue.put_nowait(_RELEASE)
 
     def announce_gap(self, reason: str, message: str) -> None:
         """Tell every widget of the grant that events were missed (a leader died)."""
@@ -157,7 +192,8 @@ class Leader:
             self.channel.leave(self._wants.pop(key))
 
     async def close(self, reason: str) -> None:
-        """Close the session; what is queued is still published (briefly)."""
+        """Close the session; what is queued (or held) is still published (briefly)."""
+        self.release()
         await self.channel.close(reason)
         try:
             async with asyncio.timeout(2.0):
@@ -172,7 +208,16 @@ class Leader:
         while True:
             entry = await self.queue.get()
             try:
-                await self._publish_or_gap(entry)
+                if entry is _RELEASE:
+                    held, self._held, self.holding = self._held, [], False
+                    for kept in held:
+                        if fingerprint(kept) not in self.seen:
+                            await self._publish_or_gap(kept)
+                    self.seen.clear()
+                elif self.holding:
+                    self._held.append(entry)
+                else:
+                    await self._publish_or_gap(entry)
             finally:
                 self.queue.task_done()
 

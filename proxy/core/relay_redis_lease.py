@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio
 
 from .relay_catalog import SubscriptionKey
-from .relay_redis import Entry, RelayKeys, key_from_token
+from .relay_redis import Entry, RelayKeys, key_from_token, text_of
 
 __all__ = ["CONTROL_ID", "Coordination"]
 
@@ -61,10 +61,6 @@ return 1
 
 #: How many leases long a leader's ``led`` mark outlives its last renewal.
 _LED_LEASES = 20
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Coordination:
@@ -109,7 +105,7 @@ class Coordination:
         fields: dict[Any, Any] = await self._client.hgetall(name)
         by_process: dict[str, list[tuple[Any, str]]] = {}
         for raw, count in fields.items():
-            process, _, token = _text(raw).partition("|")
+            process, _, token = text_of(raw).partition("|")
             if int(count) > 0:
                 by_process.setdefault(process, []).append((raw, token))
         processes = sorted(by_process)
@@ -132,7 +128,7 @@ class Coordination:
             return False, False
         died = await self._client.set(self._keys.led(grant_id), self.process_id, get=True,
                                       px=self._lease_ms * _LED_LEASES)
-        return True, died is not None and _text(died) != self.process_id
+        return True, died is not None and text_of(died) != self.process_id
 
     async def renew_lease(self, grant_id: str) -> bool:
         """Renew a lease this process holds; False if another process holds it now."""

@@ -1,0 +1,113 @@
+"""One widget's place in its grant's Redis stream: what it has, and what it still needs.
+
+A :class:`WidgetCursor` follows one widget stream of
+:class:`~proxy.core.relay_redis_hub.RedisRelay`. Entry ids only grow, so the
+cursor keeps the id of the last entry the widget got and never hands it an
+entry twice, whether the entry arrives through pub/sub or is read back from
+the stream (a ``Last-Event-ID`` resume, a catch-up after the pub/sub
+connection failed). While it joins, what pub/sub brings is held, then
+delivered after what the stream replayed. An id the stream no longer has
+(trimmed, too old, or lost in a Redis restart) is answered with a ``gap``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis.asyncio
+import redis.exceptions
+
+from .relay_redis import Entry, stream_id, text_of
+from .relay_stream import Outbox, encode_frame
+
+__all__ = ["WidgetCursor", "newest_id"]
+
+Position = tuple[int, int]
+
+
+async def newest_id(client: redis.asyncio.Redis, stream: str) -> str | None:
+    """The id of the stream's last entry (None: the stream is empty or gone)."""
+    newest = cast("list[Any]", await client.xrevrange(stream, count=1))
+    return text_of(newest[0][0]) if newest else None
+
+
+@dataclass(eq=False)
+class WidgetCursor:
+    """One widget stream and the last entry it got; see the module docstring."""
+
+    outbox: Outbox
+    tokens: frozenset[str]
+    after: Position = (0, 0)
+    live: bool = False
+    held: list[tuple[Position, str, Entry]] = field(default_factory=list)
+
+    def offer(self, position: Position, event_id: str, entry: Entry,
+              frame: bytes | None = None) -> None:
+        """An entry from pub/sub (``frame``: its SSE frame, encoded once for every widget)."""
+        if self.live:
+            self.deliver(position, event_id, entry, frame)
+        elif entry.wanted_by(self.tokens):
+            self.held.append((position, event_id, entry))
+
+    def deliver(self, position: Position, event_id: str, entry: Entry,
+                frame: bytes | None = None) -> None:
+        """Queue ``entry`` unless the widget has it or does not want it."""
+        if position <= self.after or not entry.wanted_by(self.tokens):
+            return
+        self.after = position
+        if entry.event == "end":
+            self.outbox.close(str(entry.data.get("reason", "ended")))
+            return
+        self.outbox.put(frame or encode_frame(entry.event, entry.data, event_id=event_id))
+
+    async def join(self, client: redis.asyncio.Redis, stream: str, last_event_id: str | None,
+                   *, max_age: float) -> None:
+        """Replay from ``last_event_id`` (or say it cannot), then go live."""
+        try:
+            position = stream_id(last_event_id) if last_event_id else None
+            if last_event_id and (position is None or time.time() * 1000 - position[0]
+                                  > max_age * 1000 or not await client.xrange(
+                                      stream, min=last_event_id, max=last_event_id)):
+                self.outbox.put(encode_frame("gap", {
+                    "reason": "resume_unavailable",
+                    "message": "Events since your Last-Event-ID are no longer kept; some "
+                               "may have been missed."},
+                    event_id=await newest_id(client, stream)))
+                position = None
+            if position is not None:
+                self.after = position
+                await self.replay(client, stream)
+            # Otherwise it gets what was published since it was attached (held meanwhile).
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            self.outbox.put(encode_frame("gap", {
+                "reason": "store_unavailable",
+                "message": "The token store (Redis) is unreachable; events may be missed."}))
+        self.live = True
+        held, self.held = self.held, []
+        for position, event_id, entry in held:
+            self.deliver(position, event_id, entry)
+
+    async def replay(self, client: redis.asyncio.Redis, stream: str) -> None:
+        """Deliver the stream's entries after the last one the widget got."""
+        after = f"{self.after[0]}-{self.after[1]}"
+        entries = cast("list[Any]", await client.xrange(stream, min="(" + after, max="+"))
+        for raw_id, fields in entries:
+            event_id = text_of(raw_id)
+            position = stream_id(event_id)
+            if position is not None:
+                self.deliver(position, event_id, Entry.decode(fields[b"m"]))
+
+    async def catch_up(self, client: redis.asyncio.Redis, stream: str) -> None:
+        """After pub/sub failed: what the widget missed, or a ``gap`` if Redis lost it."""
+        if not self.live:
+            return  # its join reads the stream itself
+        after = f"{self.after[0]}-{self.after[1]}"
+        if self.after == (0, 0) or await client.xrange(stream, min=after, max=after):
+            await self.replay(client, stream)
+            return
+        self.outbox.put(encode_frame("gap", {
+            "reason": "store_unavailable",
+            "message": "The token store (Redis) lost the recent events; some may have been "
+                       "missed."}, event_id=await newest_id(client, stream)))
