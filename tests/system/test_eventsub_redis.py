@@ -113,6 +113,26 @@ async def test_last_event_id_resumes_on_another_process(cluster, session):
     assert await _names(lost, 1) == ["f"]
 
 
+async def test_gunicorn_workers_on_redis_share_one_twitch_socket(cluster, session):
+    (proxy,) = await cluster.start(1, session, workers=2)
+    key = (await browser_login(session, proxy.base))["proxy_key"]
+    widgets: list[Widget] = []
+    workers: set[str] = set()
+    # The kernel spreads connections over the workers; open streams until both have some.
+    while len(workers) < 2 or len(widgets) < 4:
+        assert len(widgets) < 40, "every stream landed on one worker"
+        widget = await open_stream(session, cluster, proxy, key, "channel.follow:2")
+        widgets.append(widget)
+        # A request id starts with its process's own prefix.
+        workers.add(widget.response.headers["X-Request-Id"][:16])
+    await _one_subscription(cluster)
+    names = [f"viewer{n}" for n in range(5)]
+    await trigger(cluster, names)
+    assert await asyncio.gather(*(_names(widget, len(names)) for widget in widgets)) == \
+        [names] * len(widgets)
+    assert await sockets_at_twitch(cluster) == 1
+
+
 async def test_two_workers_on_sqlite_refuse_live_events_with_how_to_fix_it(
         twitch_server, tmp_path):
     mock_url = str(twitch_server.make_url("")).rstrip("/")

@@ -68,18 +68,20 @@ class Cluster:
     processes: list[ProxyProcess] = field(default_factory=list)
     widgets: list[Widget] = field(default_factory=list)
 
-    async def start(self, count: int, session: aiohttp.ClientSession) -> list[ProxyProcess]:
-        started = [await self._spawn() for _ in range(count)]
+    async def start(self, count: int, session: aiohttp.ClientSession, *,
+                    workers: int = 1) -> list[ProxyProcess]:
+        """``count`` processes, each of ``workers`` gunicorn workers when more than one."""
+        started = [await self._spawn(workers) for _ in range(count)]
         await asyncio.gather(*(self._wait_ready(p, session) for p in started))
         return started
 
-    async def _spawn(self) -> ProxyProcess:
+    async def _spawn(self, workers: int) -> ProxyProcess:
         port = free_port()
         log = self.directory / f"proxy-{port}.log"
         with log.open("wb") as output:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "proxy", "--port", str(port),
-                "--public-url", f"http://127.0.0.1:{port}",
+                "--public-url", f"http://127.0.0.1:{port}", "--workers", str(workers),
                 cwd=self.directory, env=self.env, stdout=output, stderr=output)
         started = ProxyProcess(process, URL(f"http://127.0.0.1:{port}"), log)
         self.processes.append(started)
