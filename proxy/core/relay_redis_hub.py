@@ -48,7 +48,14 @@ from .relay_redis import Entry, RelayKeys, key_token, stream_id, text_of
 from .relay_redis_leader import Leader, fingerprint
 from .relay_redis_lease import CONTROL_ID, Coordination
 from .relay_redis_widgets import WidgetCursor
-from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
+from .relay_services import (
+    ChannelState,
+    EventSubConnection,
+    NoObserver,
+    RelayObserver,
+    RelaySettings,
+    SubscriptionApi,
+)
 from .relay_stream import Outbox, encode_frame
 
 __all__ = ["RedisRelay"]
@@ -74,7 +81,8 @@ class RedisRelay:
 
     def __init__(self, *, client: redis.asyncio.Redis, prefix: str, api: SubscriptionApi,
                  open_socket: Callable[[], EventSubConnection], login_url: str,
-                 settings: RelaySettings, lease: float = 30.0, renew: float = 10.0) -> None:
+                 settings: RelaySettings, lease: float = 30.0, renew: float = 10.0,
+                 observer: RelayObserver | None = None) -> None:
         self.process_id = secrets.token_hex(8)
         self.settings = settings
         self._client = client
@@ -90,6 +98,14 @@ class RedisRelay:
         self._owners: dict[Outbox, _Grant] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._observer = observer or NoObserver()
+        self._observer.watch(self.state)
+
+    def state(self) -> list[ChannelState]:
+        """Each grant with streams here: the session if this process leads it, the streams."""
+        return [grant.leader.state(len(grant.widgets)) if grant.leader is not None
+                else ChannelState(grant.grant_id, 0, 0, 0, len(grant.widgets))
+                for grant in self._grants.values()]
 
     def start(self) -> None:
         """Start reading the channels and renewing leases (in the running loop)."""
@@ -129,8 +145,12 @@ class RedisRelay:
         try:
             await self._publish_wants(grant)
         finally:
-            await widget.join(self._client, self._keys.events(grant.grant_id), last_event_id,
-                              max_age=self.settings.buffer_age)
+            delivered, gap = await widget.join(self._client,
+                                               self._keys.events(grant.grant_id),
+                                               last_event_id, max_age=self.settings.buffer_age)
+            self._observer.delivered(delivered)
+            if gap is not None:
+                self._observer.gap_sent(gap, 1)
 
     # -- the channels ------------------------------------------------------------------
 
@@ -165,7 +185,11 @@ class RedisRelay:
         """What the widgets missed while the channel was down, or a ``gap``."""
         stream = self._keys.events(grant.grant_id)
         for widget in list(grant.widgets.values()):
-            await widget.catch_up(self._client, stream)
+            delivered = await widget.catch_up(self._client, stream)
+            if delivered is None:
+                self._observer.gap_sent("store_unavailable", 1)
+            else:
+                self._observer.delivered(delivered)
         if grant.leader is not None or grant.widgets:
             await self._publish_wants(grant)
 
@@ -184,8 +208,12 @@ class RedisRelay:
         if grant.leader is not None and grant.leader.holding:
             grant.leader.seen.add(fingerprint(entry))  # the old leader published it
         frame = encode_frame(entry.event, entry.data, event_id=event_id)  # once for all
-        for widget in grant.widgets.values():
-            widget.offer(position, event_id, entry, frame)
+        streams = sum(widget.offer(position, event_id, entry, frame)
+                      for widget in grant.widgets.values())
+        if entry.event == "gap":
+            self._observer.gap_sent(str(entry.data.get("reason")), streams)
+        elif streams:
+            self._observer.delivered(streams)
 
     def _on_control(self, grant: _Grant, word: str) -> None:
         if word == "wants":
@@ -235,7 +263,8 @@ class RedisRelay:
     def _new_leader(self, grant: _Grant, *, holding: bool) -> Leader:
         return Leader(grant.grant_id, grant.user_id, client=self._client, keys=self._keys,
                       api=self._api, open_socket=self._open_socket, login_url=self._login_url,
-                      settings=self.settings, on_idle=self._leader_idle, holding=holding)
+                      settings=self.settings, on_idle=self._leader_idle, holding=holding,
+                      observer=self._observer)
 
     async def _take_over(self, grant: _Grant, leader: Leader) -> None:
         """A hand-over: say when our session is ready, publish once the old one is gone."""

@@ -36,7 +36,14 @@ import redis.exceptions
 from .relay_catalog import SubscriptionKey
 from .relay_channel import GrantChannel
 from .relay_redis import Entry, RelayKeys, key_token
-from .relay_services import EventSubConnection, RelaySettings, SubscriptionApi
+from .relay_services import (
+    ChannelState,
+    EventSubConnection,
+    NoObserver,
+    RelayObserver,
+    RelaySettings,
+    SubscriptionApi,
+)
 from .relay_stream import BufferedEvent, Outbox
 
 __all__ = ["Leader", "fingerprint", "publish_entry"]
@@ -120,6 +127,23 @@ class _WantOutbox(Outbox):
         super().close(reason)
 
 
+class _SessionObserver(NoObserver):
+    """The leader's channel reports what Twitch sent and its reconnects, nothing more.
+
+    Its "widgets" are want-outboxes: deliveries and gaps are counted by each
+    process for its own widget streams instead.
+    """
+
+    def __init__(self, observer: RelayObserver) -> None:
+        self._observer = observer
+
+    def message_received(self, message_type: str) -> None:
+        self._observer.message_received(message_type)
+
+    def reconnected(self, reason: str) -> None:
+        self._observer.reconnected(reason)
+
+
 def _parse_frame(frame: bytes) -> tuple[str, dict[str, Any]]:
     """The event name and data of a frame :func:`~.relay_stream.encode_frame` made."""
     event, data = "message", "{}"
@@ -138,7 +162,7 @@ class Leader:
                  keys: RelayKeys, api: SubscriptionApi,
                  open_socket: Callable[[], EventSubConnection], login_url: str,
                  settings: RelaySettings, on_idle: Callable[[Leader], None],
-                 holding: bool = False) -> None:
+                 holding: bool = False, observer: RelayObserver | None = None) -> None:
         self.grant_id = grant_id
         self.queue: asyncio.Queue[Entry] = asyncio.Queue()
         #: Taking over from a leader still connected: see the module docstring.
@@ -154,13 +178,20 @@ class Leader:
         self._wants: dict[SubscriptionKey, _WantOutbox] = {}
         self.channel = GrantChannel(grant_id, user_id, api=api, open_socket=open_socket,
                                     login_url=login_url, settings=settings,
-                                    on_idle=lambda _: on_idle(self))
+                                    on_idle=lambda _: on_idle(self),
+                                    observer=_SessionObserver(observer or NoObserver()))
         self.channel.buffer = _PublishingBuffer(self.queue)  # type: ignore[assignment]
         self._publisher = asyncio.ensure_future(self._publish())
 
     @property
     def wanted(self) -> frozenset[SubscriptionKey]:
         return frozenset(self._wants)
+
+    def state(self, streams: int) -> ChannelState:
+        """The session's sockets, subscriptions and cost, with this process's streams."""
+        state = self.channel.state()
+        return ChannelState(self.grant_id, state.sockets, state.subscriptions, state.cost,
+                            streams)
 
     def subscribed(self) -> bool:
         """Whether Twitch has created every subscription wanted (the session is ready)."""

@@ -44,27 +44,38 @@ class WidgetCursor:
     held: list[tuple[Position, str, Entry]] = field(default_factory=list)
 
     def offer(self, position: Position, event_id: str, entry: Entry,
-              frame: bytes | None = None) -> None:
-        """An entry from pub/sub (``frame``: its SSE frame, encoded once for every widget)."""
+              frame: bytes | None = None) -> bool:
+        """An entry from pub/sub (``frame``: its SSE frame, encoded once for every widget).
+
+        True if it was queued to the widget now (not held, skipped or ignored).
+        """
         if self.live:
-            self.deliver(position, event_id, entry, frame)
-        elif entry.wanted_by(self.tokens):
+            return self.deliver(position, event_id, entry, frame)
+        if entry.wanted_by(self.tokens):
             self.held.append((position, event_id, entry))
+        return False
 
     def deliver(self, position: Position, event_id: str, entry: Entry,
-                frame: bytes | None = None) -> None:
-        """Queue ``entry`` unless the widget has it or does not want it."""
+                frame: bytes | None = None) -> bool:
+        """Queue ``entry`` unless the widget has it or does not want it; True if queued."""
         if position <= self.after or not entry.wanted_by(self.tokens):
-            return
+            return False
         self.after = position
         if entry.event == "end":
             self.outbox.close(str(entry.data.get("reason", "ended")))
-            return
+            return False
         self.outbox.put(frame or encode_frame(entry.event, entry.data, event_id=event_id))
+        return True
 
     async def join(self, client: redis.asyncio.Redis, stream: str, last_event_id: str | None,
-                   *, max_age: float) -> None:
-        """Replay from ``last_event_id`` (or say it cannot), then go live."""
+                   *, max_age: float) -> tuple[int, str | None]:
+        """Replay from ``last_event_id`` (or say it cannot), then go live.
+
+        Returns how many entries it delivered and the reason of the ``gap`` it
+        was sent, if it was sent one.
+        """
+        delivered = 0
+        gap: str | None = None
         try:
             position = stream_id(last_event_id) if last_event_id else None
             if last_event_id and (position is None or time.time() * 1000 - position[0]
@@ -75,39 +86,44 @@ class WidgetCursor:
                     "message": "Events since your Last-Event-ID are no longer kept; some "
                                "may have been missed."},
                     event_id=await newest_id(client, stream)))
-                position = None
+                gap, position = "resume_unavailable", None
             if position is not None:
                 self.after = position
-                await self.replay(client, stream)
+                delivered += await self.replay(client, stream)
             # Otherwise it gets what was published since it was attached (held meanwhile).
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            gap = "store_unavailable"
             self.outbox.put(encode_frame("gap", {
                 "reason": "store_unavailable",
                 "message": "The token store (Redis) is unreachable; events may be missed."}))
         self.live = True
         held, self.held = self.held, []
         for position, event_id, entry in held:
-            self.deliver(position, event_id, entry)
+            delivered += self.deliver(position, event_id, entry)
+        return delivered, gap
 
-    async def replay(self, client: redis.asyncio.Redis, stream: str) -> None:
-        """Deliver the stream's entries after the last one the widget got."""
+    async def replay(self, client: redis.asyncio.Redis, stream: str) -> int:
+        """Deliver the stream's entries after the last one the widget got; how many."""
+        delivered = 0
         after = f"{self.after[0]}-{self.after[1]}"
         entries = cast("list[Any]", await client.xrange(stream, min="(" + after, max="+"))
         for raw_id, fields in entries:
             event_id = text_of(raw_id)
             position = stream_id(event_id)
             if position is not None:
-                self.deliver(position, event_id, Entry.decode(fields[b"m"]))
+                delivered += self.deliver(position, event_id, Entry.decode(fields[b"m"]))
+        return delivered
 
-    async def catch_up(self, client: redis.asyncio.Redis, stream: str) -> None:
-        """After pub/sub failed: what the widget missed, or a ``gap`` if Redis lost it."""
+    async def catch_up(self, client: redis.asyncio.Redis, stream: str) -> int | None:
+        """After pub/sub failed: how many entries the widget missed and got, or None
+        and a ``gap`` if Redis lost them."""
         if not self.live:
-            return  # its join reads the stream itself
+            return 0  # its join reads the stream itself
         after = f"{self.after[0]}-{self.after[1]}"
         if self.after == (0, 0) or await client.xrange(stream, min=after, max=after):
-            await self.replay(client, stream)
-            return
+            return await self.replay(client, stream)
         self.outbox.put(encode_frame("gap", {
             "reason": "store_unavailable",
             "message": "The token store (Redis) lost the recent events; some may have been "
                        "missed."}, event_id=await newest_id(client, stream)))
+        return None

@@ -9,6 +9,7 @@ answer 501 ``eventsub_needs_redis``.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 import pytest
@@ -36,6 +37,15 @@ async def _one_subscription(cluster: Cluster) -> None:
         subs = [sub for s in state["sessions"] for sub in s["subscriptions"]]
         return len(subs) == 1 and state["open_sockets"] == 1
     await wait_for(subscribed)
+
+
+async def _metric(session: aiohttp.ClientSession, proxy, name: str) -> float:
+    """The sum of a metric's samples on ``proxy``'s ``/metrics`` (scraped from this host)."""
+    async with session.get(proxy.base / "metrics") as answer:
+        assert answer.status == 200
+        text = await answer.text()
+    pattern = re.compile(rf"^\w*{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
 
 
 async def _names(widget: Widget, count: int) -> list[str]:
@@ -80,6 +90,15 @@ async def test_one_twitch_socket_and_every_event_once_to_widgets_on_every_proces
         [["last"]] * len(widgets)
     ids = [event_id for widget in widgets if (event_id := widget.last_id)]
     assert len(set(ids)) == 1  # the same resumable id on every process
+    # Each process reports its own streams and deliveries, the leader the socket.
+    assert [await _metric(session, p, "eventsub_widget_streams") for p in proxies] == \
+        [2] * processes
+    assert sum([await _metric(session, p, "eventsub_sockets") for p in proxies]) == 1
+    assert sum([await _metric(session, p, "eventsub_subscriptions") for p in proxies]) == 1
+    assert sum([await _metric(session, p, "eventsub_deliveries_total") for p in proxies]) == \
+        (len(names) + 1) * len(widgets)
+    assert sum([await _metric(session, p, "eventsub_messages_total") for p in proxies]) == \
+        len(names) + 1
 
 
 async def test_last_event_id_resumes_on_another_process(cluster, session):

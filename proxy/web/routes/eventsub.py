@@ -157,7 +157,7 @@ class _EventSubRoutes:
             relay = RedisRelay(client=store.client, prefix=config.store.prefix, api=api,
                                open_socket=open_socket, login_url=config.server.login_url,
                                settings=options.relay, lease=options.lease,
-                               renew=options.lease_renew)
+                               renew=options.lease_renew, observer=services.metrics.eventsub)
             relay.start()
             return relay
         return Relay(api=api, open_socket=open_socket, login_url=config.server.login_url,
