@@ -25,17 +25,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import redis.exceptions
+
 from ..config.store_url import store_scheme
 from .relay_catalog import SubscriptionKey
 from .relay_stream import Outbox
 
-__all__ = ["NEEDS_REDIS", "Entry", "RelayBackend", "RelayKeys", "key_from_token",
+__all__ = ["NEEDS_REDIS", "REDIS_ERRORS", "Entry", "RelayBackend", "RelayKeys", "key_from_token",
            "key_token", "relay_mode", "stream_id", "text_of"]
 
 #: The refusal's message: what is wrong and how to fix it.
 NEEDS_REDIS = ("Live events need one Twitch socket per streamer, shared by every worker, "
                "which only a Redis store can coordinate: set TOKEN_STORE_URL (or REDIS_URL) "
                "to a Redis, or run one worker (WEB_CONCURRENCY=1).")
+
+
+#: What redis-py raises when Redis cannot be reached or does not answer in time.
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def relay_mode(store_url: str, workers: int) -> Literal["local", "redis", "refused"]:

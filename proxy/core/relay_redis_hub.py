@@ -41,10 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
-import redis.exceptions
 
 from .relay_catalog import SubscriptionKey
-from .relay_redis import Entry, RelayKeys, key_token, stream_id, text_of
+from .relay_redis import REDIS_ERRORS, Entry, RelayKeys, key_token, stream_id, text_of
 from .relay_redis_leader import Leader, fingerprint
 from .relay_redis_lease import CONTROL_ID, Coordination
 from .relay_redis_widgets import WidgetCursor
@@ -62,7 +61,6 @@ __all__ = ["RedisRelay"]
 
 log = logging.getLogger(__name__)
 
-_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 @dataclass(eq=False)
 class _Grant:
@@ -171,14 +169,14 @@ class RedisRelay:
                                                        timeout=1.0)
                     if message is not None:
                         self._on_message(text_of(message["channel"]), text_of(message["data"]))
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 if not failed:
                     log.warning("eventsub: lost Redis pub/sub (%s); retrying",
                                 type(exc).__name__)
                 failed = True
                 await asyncio.sleep(0.5)
             finally:
-                with contextlib.suppress(*_REDIS_ERRORS):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _catch_up(self, grant: _Grant) -> None:
@@ -295,14 +293,14 @@ class RedisRelay:
             await self._coordination.release_lease(grant.grant_id)
             async with asyncio.timeout(self._handover_wait):
                 await ready.wait()
-        except (TimeoutError, *_REDIS_ERRORS):
+        except (TimeoutError, *REDIS_ERRORS):
             log.warning("eventsub grant=%s: no process took the session over in time",
                         grant.grant_id)
         grant.leader = None
         await leader.close("shutdown")
         log.info("eventsub grant=%s: this process no longer leads (shutdown, handed over)",
                  grant.grant_id)
-        with contextlib.suppress(*_REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._coordination.control(grant.grant_id, "stepped_down")
 
     def _leader_idle(self, leader: Leader) -> None:
@@ -325,7 +323,7 @@ class RedisRelay:
                                 "process; events in between may have been missed.")
         await leader.close(reason)
         if not lost:
-            with contextlib.suppress(*_REDIS_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._coordination.release_lease(grant.grant_id)
         log.info("eventsub grant=%s: this process no longer leads (%s)", grant.grant_id,
                  reason)
@@ -337,7 +335,7 @@ class RedisRelay:
             for grant in list(self._grants.values()):
                 try:
                     await self._renew_grant(grant)
-                except _REDIS_ERRORS as exc:
+                except REDIS_ERRORS as exc:
                     log.warning("eventsub grant=%s: Redis unavailable (%s)", grant.grant_id,
                                 type(exc).__name__)
 
@@ -360,14 +358,14 @@ class RedisRelay:
             outbox.close("shutdown")
         grants = list(self._grants.values())
         for grant in grants:
-            with contextlib.suppress(*_REDIS_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._coordination.forget(grant.grant_id, list(grant.counts))
         # The channels are still read meanwhile: the next leader says when it is ready.
         await asyncio.gather(*(self._hand_over(grant) for grant in grants))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(*_REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._coordination.stop()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -380,7 +378,7 @@ class RedisRelay:
         if task.cancelled():
             return
         exc = task.exception()
-        if isinstance(exc, _REDIS_ERRORS):
+        if isinstance(exc, REDIS_ERRORS):
             log.warning("eventsub: Redis unavailable (%s)", type(exc).__name__)
         elif exc is not None:
             log.error("eventsub: unexpected error", exc_info=exc)

@@ -31,11 +31,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis.asyncio
-import redis.exceptions
 
 from .relay_catalog import SubscriptionKey
 from .relay_channel import GrantChannel
-from .relay_redis import Entry, RelayKeys, key_token
+from .relay_redis import REDIS_ERRORS, Entry, RelayKeys, key_token
 from .relay_services import (
     ChannelState,
     EventSubConnection,
@@ -46,32 +45,24 @@ from .relay_services import (
 )
 from .relay_stream import BufferedEvent, Outbox
 
-__all__ = ["Leader", "fingerprint", "publish_entry"]
+__all__ = ["Leader", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] = stream, KEYS[2] = channel; ARGV = max length, message. One atomic
-# step, so the stream's order is the channel's order.
+# KEYS[1] = stream, KEYS[2] = channel; ARGV = max length, message, ms to keep
+# the stream after its last entry. One atomic step, so the stream's order is
+# the channel's order.
 _ADD_AND_PUBLISH = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])
 return id
 """
 
 #: Streams the channel ends for these reasons end on every process too.
 _ENDING = frozenset(("session_ended", "reauthorization_required"))
-_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 #: Seconds between attempts to reach Redis again.
 _RETRY = 0.5
-
-
-async def publish_entry(client: redis.asyncio.Redis, keys: RelayKeys, grant_id: str,
-                        entry: Entry, *, max_events: int) -> str:
-    """Add ``entry`` to the grant's stream and publish it; its event id."""
-    script = client.register_script(_ADD_AND_PUBLISH)
-    added = await script(keys=[keys.events(grant_id), keys.channel(grant_id)],
-                         args=[max_events, entry.encode()])
-    return added.decode() if isinstance(added, bytes) else str(added)
 
 
 def fingerprint(entry: Entry) -> str:
@@ -181,6 +172,7 @@ class Leader:
                                     on_idle=lambda _: on_idle(self),
                                     observer=_SessionObserver(observer or NoObserver()))
         self.channel.buffer = _PublishingBuffer(self.queue)  # type: ignore[assignment]
+        self._add_and_publish = client.register_script(_ADD_AND_PUBLISH)
         self._publisher = asyncio.ensure_future(self._publish())
 
     @property
@@ -259,10 +251,9 @@ class Leader:
         connection broke, and a widget must never get an event twice.
         """
         try:
-            await publish_entry(self._client, self._keys, self.grant_id, entry,
-                                max_events=self._settings.buffer_events)
+            await self._add(entry)
             return
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("eventsub grant=%s: Redis unavailable, events are being missed (%s)",
                         self.grant_id, type(exc).__name__)
         gap = Entry("gap", {
@@ -273,10 +264,17 @@ class Leader:
         while True:
             await asyncio.sleep(_RETRY)
             try:
-                await publish_entry(self._client, self._keys, self.grant_id, gap,
-                                    max_events=self._settings.buffer_events)
-            except _REDIS_ERRORS:
+                await self._add(gap)
+            except REDIS_ERRORS:
                 continue
             log.info("eventsub grant=%s: Redis answers again; widgets were told what they "
                      "missed", self.grant_id)
             return
+
+    async def _add(self, entry: Entry) -> None:
+        """Add ``entry`` to the grant's stream and publish it (one script)."""
+        settings = self._settings
+        await self._add_and_publish(
+            keys=[self._keys.events(self.grant_id), self._keys.channel(self.grant_id)],
+            args=[settings.buffer_events, entry.encode(),
+                  max(1, int(settings.buffer_age * 1000))])

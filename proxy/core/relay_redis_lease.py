@@ -7,7 +7,8 @@ keeps in Redis, with the names of :class:`~proxy.core.relay_redis.RelayKeys`:
   renewed more often; wants of a process whose heartbeat expired are ignored
   and removed (it died without saying so);
 - ``wants:<grant>``: a hash ``<process>|<key token>`` -> how many of that
-  process's widgets want the subscription;
+  process's widgets want the subscription (it expires once no process
+  renews it);
 - ``lease:<grant>``: the leader's process id, ``SET NX PX lease``; renewed with a
   compare-and-renew script, so a process never renews a lease it lost (one
   Redis lost in a restart is taken again, as nobody holds it);
@@ -86,6 +87,8 @@ class Coordination:
                 else:
                     pipe.hdel(name, f"{me}|{token}")
                     del counts[token]
+            # Renewed by every live process: gone a while after the last one died.
+            pipe.pexpire(name, self._lease_ms * _LED_LEASES)
             await pipe.execute()
         await self.control(grant_id, "wants")
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio
-import redis.exceptions
 
-from .relay_redis import Entry, stream_id, text_of
+from .relay_redis import REDIS_ERRORS, Entry, stream_id, text_of
 from .relay_stream import Outbox, encode_frame
 
 __all__ = ["WidgetCursor", "newest_id"]
@@ -91,7 +90,7 @@ class WidgetCursor:
                 self.after = position
                 delivered += await self.replay(client, stream)
             # Otherwise it gets what was published since it was attached (held meanwhile).
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except REDIS_ERRORS:
             gap = "store_unavailable"
             self.outbox.put(encode_frame("gap", {
                 "reason": "store_unavailable",

@@ -13,6 +13,7 @@ import re
 
 import aiohttp
 import pytest
+import redis.asyncio
 
 from proxy.core.relay_redis import NEEDS_REDIS
 from tests.processes import browser_login, free_port, mock_environ, start_proxy, stop, wait_ready
@@ -130,6 +131,15 @@ async def test_last_event_id_resumes_on_another_process(cluster, session):
     assert gap.id == back.last_id
     await trigger(cluster, ["f"])
     assert await _names(lost, 1) == ["f"]
+    # The resume buffer is one capped stream per grant that expires once idle.
+    client = redis.asyncio.Redis.from_url(cluster.redis_url)
+    try:
+        streams = [name async for name in client.scan_iter(
+            match=f"{cluster.prefix}eventsub:events:*")]
+        assert len(streams) == 1
+        assert 0 < await client.pttl(streams[0]) <= 600_000  # eventsub.buffer_age
+    finally:
+        await client.aclose()
 
 
 async def test_gunicorn_workers_on_redis_share_one_twitch_socket(cluster, session):
