@@ -142,6 +142,36 @@ async def test_last_event_id_resumes_on_another_process(cluster, session):
         await client.aclose()
 
 
+async def test_twitchs_session_reconnect_under_a_stream_loses_and_doubles_nothing(
+        cluster, session):
+    first, second = await cluster.start(2, session)
+    key = (await browser_login(session, first.base))["proxy_key"]
+    widgets = [await open_stream(session, cluster, proxy, key, "channel.follow:2")
+               for proxy in (first, second)]
+    await _one_subscription(cluster)
+    names: list[str] = []
+
+    async def follow_continuously() -> None:
+        while True:
+            names.append(f"n{len(names)}")
+            await cluster.control("trigger", type="channel.follow",
+                                  event={"user_name": names[-1]})
+            await asyncio.sleep(0.02)
+
+    follows = asyncio.ensure_future(follow_continuously())
+    try:
+        await asyncio.sleep(0.2)
+        moved = await cluster.control("reconnect")
+        assert len(moved["reconnect_urls"]) == 1
+        await asyncio.sleep(0.5)
+    finally:
+        follows.cancel()
+        await asyncio.gather(follows, return_exceptions=True)
+    await _one_subscription(cluster)  # the old socket closed once the new one welcomed
+    for widget in widgets:
+        assert await _names(widget, len(names)) == names
+
+
 async def test_gunicorn_workers_on_redis_share_one_twitch_socket(cluster, session):
     (proxy,) = await cluster.start(1, session, workers=2)
     key = (await browser_login(session, proxy.base))["proxy_key"]
