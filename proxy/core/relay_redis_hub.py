@@ -218,6 +218,8 @@ class RedisRelay:
             self._spawn(self._lead_or_sync(grant))
         elif word == "handover":
             self._spawn(self._lead_or_sync(grant, handover=True))
+        elif word == "released":
+            self._spawn(self._lead_or_sync(grant))
         elif word == "ready" and grant.successor_ready is not None:
             grant.successor_ready.set()
         elif word == "stepped_down" and grant.leader is not None:
@@ -239,6 +241,9 @@ class RedisRelay:
         if self._closing:
             return
         async with grant.busy:
+            if grant.leader is not None and grant.leader.channel.ended is not None:
+                # It stopped for good (a grant needing a login): the next widget starts over.
+                await self._step_down(grant, grant.leader.channel.ended)
             if grant.leader is None:
                 if not grant.widgets:
                     return
@@ -324,7 +329,7 @@ class RedisRelay:
         await leader.close(reason)
         if not lost:
             with contextlib.suppress(*REDIS_ERRORS):
-                await self._coordination.release_lease(grant.grant_id)
+                await self._coordination.release_lease(grant.grant_id, word="released")
         log.info("eventsub grant=%s: this process no longer leads (%s)", grant.grant_id,
                  reason)
 

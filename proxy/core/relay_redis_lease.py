@@ -15,8 +15,10 @@ keeps in Redis, with the names of :class:`~proxy.core.relay_redis.RelayKeys`:
 - ``led:<grant>``: set while a leader holds a session, removed when it steps
   down on purpose; found by the next leader, it means the last one died.
 
-Control words (``wants``: the wants changed; ``handover``: the lease was
-released) are published on the grant's channel without a stream entry.
+Control words are published on the grant's channel without a stream entry:
+``wants`` (the wants changed), ``handover`` and ``released`` (the lease is
+free, with the old session still open or closed), ``ready`` and
+``stepped_down`` (the two sides of a hand-over).
 """
 
 from __future__ import annotations
@@ -142,11 +144,15 @@ class Coordination:
                                    px=self._lease_ms * _LED_LEASES)
         return bool(held)
 
-    async def release_lease(self, grant_id: str) -> None:
-        """Step down on purpose: the lease and the mark go, and the others are told."""
+    async def release_lease(self, grant_id: str, *, word: str = "handover") -> None:
+        """Step down on purpose: the lease and the mark go, and the others are told.
+
+        ``handover``: our session is still open until the next one is ready;
+        ``released``: it is closed already.
+        """
         await self._release(keys=[self._keys.led(grant_id), self._keys.lease(grant_id)],
                             args=[self.process_id])
-        await self.control(grant_id, "handover")
+        await self.control(grant_id, word)
 
     async def control(self, grant_id: str, event: str) -> None:
         """Publish a control word on the grant's channel."""

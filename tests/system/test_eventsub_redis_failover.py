@@ -1,4 +1,4 @@
-"""Live events on Redis when the leader goes: SIGKILL (a gap, then a new session) and SIGTERM.
+"""Live events on Redis when the leader goes: SIGKILL, SIGTERM, and a grant needing a login.
 
 Two real ``python -m proxy`` processes share the real Redis with a 2 s lease
 (test_eventsub_redis_support.py); the leader is whichever process said it took
@@ -22,7 +22,7 @@ from tests.system.test_eventsub_redis_support import (
     trigger,
     wait_for,
 )
-from tests.system.test_eventsub_support import Widget
+from tests.system.test_eventsub_support import ME, Widget
 
 cluster, session = support.cluster, support.session
 
@@ -134,3 +134,27 @@ async def test_a_leader_stopped_with_sigterm_hands_over_without_losing_an_event(
     await trigger(cluster, ["after"])
     for widget in staying:
         assert await _follows(widget, 1) == ["after"]
+
+
+async def test_a_grant_needing_a_login_ends_streams_everywhere_and_a_new_login_leads_again(
+        cluster, session, mock):
+    first, second = await cluster.start(2, session)
+    key = (await browser_login(session, first.base))["proxy_key"]
+    widgets = [await open_stream(session, cluster, proxy, key, "channel.follow:2")
+               for proxy in (first, second)]
+    await _subscribed_once(cluster)
+    mock.expire_access_tokens(ME)
+    mock.revoke_refresh_tokens(ME)  # the user disconnected the app at Twitch
+    # A new subscription needs the grant's token: the leader finds it dead.
+    widgets.append(await open_stream(session, cluster, second, key, "channel.subscribe:1"))
+    for widget in widgets:
+        event = await widget.next(15)
+        assert event.event == "reauthorization_required", event
+        assert event.data["login_url"].endswith("/login")
+        assert await widget.ended(10)
+
+    key = (await browser_login(session, second.base))["proxy_key"]
+    again = await open_stream(session, cluster, first, key, "channel.follow:2")
+    await _subscribed_once(cluster)
+    await trigger(cluster, ["again"])
+    assert await _follows(again, 1) == ["again"]
