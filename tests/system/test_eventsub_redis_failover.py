@@ -49,7 +49,7 @@ async def _spread(cluster: Cluster, session) -> tuple[ProxyProcess, ProxyProcess
                                                       list[Widget], list[Widget]]:
     """Two processes, two widgets on each, every widget live: (leader, follower, widgets...)."""
     first, second = await cluster.start(2, session)
-    key = (await browser_login(session, first.base))["proxy_key"]
+    key = cluster.key = (await browser_login(session, first.base))["proxy_key"]
     on_first = [await open_stream(session, cluster, first, key, "channel.follow:2")
                 for _ in range(2)]
     on_second = [await open_stream(session, cluster, second, key, "channel.follow:2")
@@ -66,7 +66,7 @@ async def _spread(cluster: Cluster, session) -> tuple[ProxyProcess, ProxyProcess
 
 async def test_a_killed_leader_is_replaced_and_its_widgets_elsewhere_get_a_gap(
         cluster, session):
-    leader, follower, _, survivors = await _spread(cluster, session)
+    leader, follower, orphans, survivors = await _spread(cluster, session)
     old_sessions = await _subscribed_once(cluster)
     sockets: list[int] = []
 
@@ -91,8 +91,14 @@ async def test_a_killed_leader_is_replaced_and_its_widgets_elsewhere_get_a_gap(
     assert "previous leader died" in follower.output()
     assert set(new_sessions).isdisjoint(old_sessions)  # a new Twitch session
     assert max(sockets) == 1  # never two sockets for the grant
+    # A widget of the dead process reconnects to the survivor with its Last-Event-ID:
+    # it gets the same gap from the stream, then live events.
+    back = await open_stream(session, cluster, follower, cluster.key, "channel.follow:2",
+                             resume_from=orphans[0].last_id)
+    gap = await back.next(10)
+    assert (gap.event, gap.data["reason"]) == ("gap", "leader_lost")
     await trigger(cluster, ["after"])
-    for widget in survivors:
+    for widget in [*survivors, back]:
         assert await _follows(widget, 1) == ["after"]
 
 

@@ -67,6 +67,8 @@ class Cluster:
     prefix: str
     processes: list[ProxyProcess] = field(default_factory=list)
     widgets: list[Widget] = field(default_factory=list)
+    #: The proxy key a test logged in with, when a helper did it.
+    key: str = ""
 
     async def start(self, count: int, session: aiohttp.ClientSession, *,
                     workers: int = 1) -> list[ProxyProcess]:
