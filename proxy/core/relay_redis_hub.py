@@ -22,11 +22,17 @@
 
 Failover: a leader that dies leaves its ``led`` mark behind; whoever takes
 the lease after it lapses starts with a ``gap`` (Twitch does not replay what
-it sent meanwhile). A leader that stops on purpose hands over: it releases
-the lease, removes its mark and says so on the channel, so the next one
-takes over at once and without a ``gap``. When the pub/sub connection fails,
-each widget catches up from the stream once Redis answers again, or gets a
-``gap`` if Redis lost it (a restart).
+it sent meanwhile). A leader that stops on purpose (SIGTERM) hands over:
+it releases the lease and removes its mark, keeps its session open until the
+next leader says its own is subscribed, then closes it and says so; the next
+leader publishes what only it received (see :mod:`.relay_redis_leader`), so
+nothing is lost or doubled. When the pub/sub connection fails, each widget
+catches up from the stream once Redis answers again, or gets a ``gap`` if
+Redis lost it (a restart).
+
+Every process reads every grant's channel (one pattern subscription), even
+grants it has no widget for: simple, and cheap for one streamer's proxy; a
+per-grant ``SUBSCRIBE`` would scale to many streamers.
 """
 
 from __future__ import annotations
