@@ -340,9 +340,9 @@ def _runner() -> asyncio.Runner:
 
 
 def redis_fanout_landed() -> bool:
-    """Whether the relay's Redis fan-out (``proxy/core/relay_redis*``) is committed yet."""
+    """Whether the relay's Redis fan-out (``proxy/core/relay/redis_*``) is committed yet."""
     try:
-        listed = subprocess.run(["git", "ls-files", "proxy/core/relay_redis*"], cwd=ROOT,
+        listed = subprocess.run(["git", "ls-files", "proxy/core/relay/redis_*"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=10).stdout
     except OSError:
         return False

@@ -172,7 +172,7 @@ def eventsub_section(*, command: str, elapsed: float, lines: dict[str, list[str]
              "does not measure it yet." if redis_landed else
              "- 1,000 widgets over 2 workers on Redis: **not measured**: the relay's Redis "
              "fan-out (one Twitch socket per grant across processes, "
-             "`proxy/core/relay_redis*`) was not committed when this ran.")
+             "`proxy/core/relay/redis_*`) was not committed when this ran.")
     return "\n".join([
         "## Live events fan-out (`GET /eventsub`)",
         "",

@@ -34,7 +34,7 @@ from .core.grant_cache import CachedGrantStore
 from .core.helix_call import HelixCaller
 from .core.limits import AbuseGuard
 from .core.refresh import Refresher
-from .core.relay_access import StreamAccess
+from .core.relay.access import StreamAccess
 from .core.validator import Validator
 from .errors import StoreUnavailable
 from .store import open_store

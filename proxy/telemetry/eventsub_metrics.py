@@ -1,7 +1,7 @@
 """The live-events relay's metrics: Twitch sockets, subscriptions, widget streams, events.
 
 :class:`EventSubMetrics` lives on the app's :class:`~proxy.telemetry.metrics.Metrics`
-registry and is what the relay (:mod:`proxy.core.relay`) and each EventSub
+registry and is what the relay (:mod:`proxy.core.relay.local`) and each EventSub
 socket (:mod:`proxy.upstream.eventsub`) are handed as their observer: they
 call its hooks where things happen, and it imports nothing of theirs
 (telemetry sits below them). Metrics, all prefixed ``twitch_proxy_``:

@@ -18,7 +18,7 @@ Routes, by module:
 - ``/metrics``                                  -> :mod:`proxy.web.routes.metrics`
 - ``/openapi.json``                             -> :mod:`proxy.web.routes.openapi`
 - ``/eventsub``, ``POST /eventsub/tickets``     -> :mod:`proxy.web.routes.eventsub`
-  (live events, relayed by :mod:`proxy.core.relay`)
+  (live events, relayed by :mod:`proxy.core.relay.local`)
 
 Every request passes :mod:`proxy.web.middleware.requestlog` first (request id,
 the router's view of the client, one log line, metrics), then the JSON errors

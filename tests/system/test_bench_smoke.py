@@ -74,7 +74,7 @@ async def test_old_tool_refreshes_through_the_fake_token_endpoint(aiohttp_server
 
 def _follow_frame(serial: int, seq: int) -> bytes:
     """A follow as the relay frames it (the proxy's own encoder), numbered like the mock's."""
-    from proxy.core.relay_stream import encode_frame
+    from proxy.core.relay.stream import encode_frame
 
     return encode_frame("channel.follow", {
         "user_id": str(900_000_000 + serial), "user_login": f"mockviewer{serial}",
@@ -87,7 +87,7 @@ async def test_eventsub_check_reports_duplicated_lost_and_reordered(aiohttp_serv
     from aiohttp import web
 
     from bench.eventsub_widgets import WidgetFleet, check_deliveries
-    from proxy.core.relay_stream import encode_frame
+    from proxy.core.relay.stream import encode_frame
 
     streams = iter([[1, 2, 2, 3], [1, 3], [2, 1, 3], [1, 2, 3]])
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from yarl import URL
 
-from proxy.core.relay import RelaySettings
+from proxy.core.relay.local import RelaySettings
 from proxy.web.routes.eventsub import EventSubOptions
 from tests.system import test_eventsub_support as support
 from tests.system.test_eventsub_support import (

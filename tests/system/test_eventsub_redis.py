@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import redis.asyncio
 
-from proxy.core.relay_redis import NEEDS_REDIS
+from proxy.core.relay.backend import NEEDS_REDIS
 from tests.processes import browser_login, free_port, mock_environ, start_proxy, stop, wait_ready
 from tests.system import test_eventsub_redis_support as support
 from tests.system.test_eventsub_redis_support import (

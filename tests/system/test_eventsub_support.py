@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from proxy.core.relay import RelaySettings
+from proxy.core.relay.local import RelaySettings
 from proxy.mock_twitch import DEFAULT_USER_ID
 from proxy.mock_twitch.eventsub_state import ws_url
 from proxy.web.app import create_app

@@ -2,7 +2,7 @@
 
 ``GET /eventsub?type=channel.follow:2&type=channel.subscribe:1`` answers a
 ``text/event-stream`` (Server-Sent Events, through aiohttp-sse) fed by the
-grant's EventSub session (:mod:`proxy.core.relay`):
+grant's EventSub session (:mod:`proxy.core.relay.local`):
 
 - ``event:`` the subscription type, ``id:`` a resumable event id, ``data:``
   Twitch's ``event`` object plus ``subscription_type`` and
@@ -18,22 +18,23 @@ grant's EventSub session (:mod:`proxy.core.relay`):
   ``last_event_id`` query parameter for a new one) resumes from the buffer.
 
 Conditions default to the grant's user; condition fields in the query
-(``broadcaster_user_id=...``) are checked (:mod:`proxy.core.relay_catalog`).
+(``broadcaster_user_id=...``) are checked (:mod:`proxy.core.relay.catalog`).
 Authentication: ``Authorization: Bearer tpk_...`` for fetch-based readers,
 or ``?ticket=`` from ``POST /eventsub/tickets`` (made with the key in the
 header) because ``EventSource`` cannot send headers; a request spends its
 ticket only once everything else about it was accepted. A proxy key is never
 accepted in a URL, nor a ticket anywhere but ``?ticket=``, and neither is ever
 echoed in an error. An open stream lasts only as long as its key and grant:
-revoking either ends it (:mod:`proxy.core.relay_access`). A grant holds at most
-``limits.eventsub_streams_per_grant`` streams per process. Everything wrong with a request is a JSON error before the
-stream starts; once it has started, problems arrive as events.
+revoking either ends it (:mod:`proxy.core.relay.access`). A grant holds at most
+``limits.eventsub_streams_per_grant`` streams per process. Everything wrong with
+a request is a JSON error before the stream starts; once it has started,
+problems arrive as events.
 
 :func:`setup_eventsub` registers the routes, the relay's start and stop, and
 takes every service it needs as an argument. With a Redis store the relay is
-:class:`~proxy.core.relay_redis_hub.RedisRelay`, one Twitch socket per grant
+:class:`~proxy.core.relay.redis_hub.RedisRelay`, one Twitch socket per grant
 across every process; several workers on another store cannot share one, so
-both routes answer 501 ``eventsub_needs_redis`` (:func:`~proxy.core.relay_redis.relay_mode`).
+both routes answer 501 ``eventsub_needs_redis`` (:func:`~proxy.core.relay.backend.relay_mode`).
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ from aiohttp_sse import EventSourceResponse
 from ...config import Config
 from ...core.credential import proxy_key_in
 from ...core.grant_records import ACTIVE, Grant
-from ...core.relay import Relay, RelaySettings
-from ...core.relay_access import StreamAccess
-from ...core.relay_catalog import CONDITION_FIELDS, check_request, resolve_subscriptions
-from ...core.relay_redis import NEEDS_REDIS, RelayBackend, relay_mode
-from ...core.relay_redis_hub import RedisRelay
-from ...core.relay_twitch import HelixSubscriptions
+from ...core.relay.access import StreamAccess
+from ...core.relay.backend import NEEDS_REDIS, RelayBackend, relay_mode
+from ...core.relay.catalog import CONDITION_FIELDS, check_request, resolve_subscriptions
+from ...core.relay.local import Relay, RelaySettings
+from ...core.relay.redis_hub import RedisRelay
+from ...core.relay.subscriptions import HelixSubscriptions
 from ...core.sealed_index import PROXY_KEY_PREFIX
 from ...core.tickets import TICKET_PREFIX, TicketBook
 from ...errors import (

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import InvalidRequest
+from ...errors import InvalidRequest
 
 __all__ = ["CONDITION_FIELDS", "TYPES", "SubscriptionKey", "SubscriptionTypeError",
            "check_request", "parse_type", "resolve_subscriptions", "subscription_cost"]

@@ -1,4 +1,4 @@
-"""proxy.core.relay and relay_channel: sharing, limits, session ends, reauth, resume.
+"""proxy.core.relay.local and .channel: sharing, limits, session ends, reauth, resume.
 
 The channel's decisions, driven through in-memory stand-ins for the two
 services it is handed (a socket factory and the subscriptions API), so that
@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.core.relay import Relay, RelaySettings
-from proxy.core.relay_catalog import SubscriptionKey, resolve_subscriptions
-from proxy.core.relay_stream import Outbox
-from proxy.core.relay_twitch import CreatedSubscription, SubscriptionRefused
+from proxy.core.relay.catalog import SubscriptionKey, resolve_subscriptions
+from proxy.core.relay.local import Relay, RelaySettings
+from proxy.core.relay.stream import Outbox
+from proxy.core.relay.subscriptions import CreatedSubscription, SubscriptionRefused
 from proxy.errors import ReauthorizationRequired
 from proxy.upstream.eventsub import EventSubMessage, SessionEnded
 

@@ -1,7 +1,7 @@
 """The leader's side of a grant on Redis: one Twitch session, its events published once.
 
 The process holding a grant's lease runs a :class:`Leader`: the same
-:class:`~proxy.core.relay_channel.GrantChannel` as the one-process relay, but
+:class:`~proxy.core.relay.channel.GrantChannel` as the one-process relay, but
 its "widgets" are one :class:`_WantOutbox` per subscription that some widget on
 some process wants (the union of the wants in Redis), and its buffer is a
 :class:`_PublishingBuffer`. Whatever the channel would hand its widgets
@@ -32,10 +32,10 @@ from typing import Any
 
 import redis.asyncio
 
-from .relay_catalog import SubscriptionKey
-from .relay_channel import GrantChannel
-from .relay_redis import REDIS_ERRORS, Entry, RelayKeys, key_token
-from .relay_services import (
+from .backend import REDIS_ERRORS, Entry, RelayKeys, key_token
+from .catalog import SubscriptionKey
+from .channel import GrantChannel
+from .settings import (
     ChannelState,
     EventSubConnection,
     NoObserver,
@@ -43,7 +43,7 @@ from .relay_services import (
     RelaySettings,
     SubscriptionApi,
 )
-from .relay_stream import BufferedEvent, Outbox
+from .stream import BufferedEvent, Outbox
 
 __all__ = ["Leader", "fingerprint"]
 
@@ -136,7 +136,7 @@ class _SessionObserver(NoObserver):
 
 
 def _parse_frame(frame: bytes) -> tuple[str, dict[str, Any]]:
-    """The event name and data of a frame :func:`~.relay_stream.encode_frame` made."""
+    """The event name and data of a frame :func:`~.stream.encode_frame` made."""
     event, data = "message", "{}"
     for line in frame.decode().split("\n"):
         if line.startswith("event: "):

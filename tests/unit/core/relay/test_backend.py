@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.core.relay_catalog import SubscriptionKey
-from proxy.core.relay_redis import (
+from proxy.core.relay.backend import (
     NEEDS_REDIS,
     Entry,
     RelayKeys,
@@ -14,6 +13,7 @@ from proxy.core.relay_redis import (
     relay_mode,
     stream_id,
 )
+from proxy.core.relay.catalog import SubscriptionKey
 
 FOLLOW = SubscriptionKey("channel.follow", "2", (("broadcaster_user_id", "1"),
                                                  ("moderator_user_id", "1")))

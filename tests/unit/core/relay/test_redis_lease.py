@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
-from proxy.core.relay_catalog import SubscriptionKey
-from proxy.core.relay_redis import RelayKeys, key_token
-from proxy.core.relay_redis_lease import Coordination
+from proxy.core.relay.backend import RelayKeys, key_token
+from proxy.core.relay.catalog import SubscriptionKey
+from proxy.core.relay.redis_lease import Coordination
 
 FOLLOW = SubscriptionKey("channel.follow", "2", (("broadcaster_user_id", "1"),
                                                  ("moderator_user_id", "1")))

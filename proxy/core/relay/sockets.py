@@ -7,7 +7,7 @@ answers a socket with room for one more subscription (Twitch allows
 are made one at a time. When sessions keep dying young the next connection
 waits, with exponential backoff and jitter (``backoff_initial`` doubling up to
 ``backoff_max``); a session that lived :data:`HEALTHY_SESSION` seconds resets
-the backoff. The channel (:mod:`proxy.core.relay_channel`) decides what the
+the backoff. The channel (:mod:`proxy.core.relay.channel`) decides what the
 sockets carry; this module only opens and closes them.
 """
 
@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..upstream.eventsub import SessionEnded
-from .relay_catalog import SubscriptionKey
-from .relay_services import EventSubConnection, RelaySettings
+from ...upstream.eventsub import SessionEnded
+from .catalog import SubscriptionKey
+from .settings import EventSubConnection, RelaySettings
 
 __all__ = ["HEALTHY_SESSION", "SocketLink", "SocketPool"]
 
-log = logging.getLogger("proxy.core.relay_channel")
+log = logging.getLogger("proxy.core.relay.channel")
 
 #: A session that lived this long before it died was healthy: backoff starts over.
 HEALTHY_SESSION = 60.0

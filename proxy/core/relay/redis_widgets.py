@@ -1,7 +1,7 @@
 """One widget's place in its grant's Redis stream: what it has, and what it still needs.
 
 A :class:`WidgetCursor` follows one widget stream of
-:class:`~proxy.core.relay_redis_hub.RedisRelay`. Entry ids only grow, so the
+:class:`~proxy.core.relay.redis_hub.RedisRelay`. Entry ids only grow, so the
 cursor keeps the id of the last entry the widget got and never hands it an
 entry twice, whether the entry arrives through pub/sub or is read back from
 the stream (a ``Last-Event-ID`` resume, a catch-up after the pub/sub
@@ -18,8 +18,8 @@ from typing import Any, cast
 
 import redis.asyncio
 
-from .relay_redis import REDIS_ERRORS, Entry, stream_id, text_of
-from .relay_stream import Outbox, encode_frame
+from .backend import REDIS_ERRORS, Entry, stream_id, text_of
+from .stream import Outbox, encode_frame
 
 __all__ = ["WidgetCursor", "newest_id"]
 

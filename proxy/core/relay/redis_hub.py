@@ -1,9 +1,9 @@
 """Live events across every process on one Redis: one Twitch socket per grant, fanned out.
 
-:class:`RedisRelay` offers what :class:`~proxy.core.relay.Relay` offers to
+:class:`RedisRelay` offers what :class:`~proxy.core.relay.local.Relay` offers to
 ``GET /eventsub`` (attach, detach, aclose), for processes that share a Redis
 (several workers, several dynos). Each process (its Redis bookkeeping in
-:mod:`.relay_redis_lease`, the leader's side in :mod:`.relay_redis_leader`):
+:mod:`.redis_lease`, the leader's side in :mod:`.redis_leader`):
 
 - counts its widgets' subscriptions per grant in the hash ``wants:<grant>``
   (field ``<process>|<key>``) and renews its heartbeat ``alive:<process>``
@@ -12,7 +12,7 @@
 - while it has widgets for a grant, tries to take the grant's lease
   (``SET NX PX lease``); the holder renews it with a compare-and-renew (a
   lease it lost is never renewed) and runs the grant's
-  :class:`~proxy.core.relay_redis_leader.Leader`: one Twitch session whose
+  :class:`~proxy.core.relay.redis_leader.Leader`: one Twitch session whose
   subscriptions are the union of every live process's wants;
 - reads every grant's pub/sub channel (one ``PSUBSCRIBE`` per process) and
   delivers each entry, encoded to an SSE frame once, to its own widgets that
@@ -25,7 +25,7 @@ the lease after it lapses starts with a ``gap`` (Twitch does not replay what
 it sent meanwhile). A leader that stops on purpose (SIGTERM) hands over:
 it releases the lease and removes its mark, keeps its session open until the
 next leader says its own is subscribed, then closes it and says so; the next
-leader publishes what only it received (see :mod:`.relay_redis_leader`), so
+leader publishes what only it received (see :mod:`.redis_leader`), so
 nothing is lost or doubled. When the pub/sub connection fails, each widget
 catches up from the stream once Redis answers again, or gets a ``gap`` if
 Redis lost it (a restart).
@@ -48,12 +48,12 @@ from typing import Any
 
 import redis.asyncio
 
-from .relay_catalog import SubscriptionKey
-from .relay_redis import REDIS_ERRORS, Entry, RelayKeys, key_token, stream_id, text_of
-from .relay_redis_leader import Leader, fingerprint
-from .relay_redis_lease import CONTROL_ID, Coordination
-from .relay_redis_widgets import WidgetCursor
-from .relay_services import (
+from .backend import REDIS_ERRORS, Entry, RelayKeys, key_token, stream_id, text_of
+from .catalog import SubscriptionKey
+from .redis_leader import Leader, fingerprint
+from .redis_lease import CONTROL_ID, Coordination
+from .redis_widgets import WidgetCursor
+from .settings import (
     ChannelState,
     EventSubConnection,
     NoObserver,
@@ -61,7 +61,7 @@ from .relay_services import (
     RelaySettings,
     SubscriptionApi,
 )
-from .relay_stream import Outbox, encode_frame
+from .stream import Outbox, encode_frame
 
 __all__ = ["RedisRelay"]
 

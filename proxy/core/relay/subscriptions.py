@@ -20,14 +20,14 @@ from typing import Any
 
 from yarl import URL
 
-from ..errors import ReauthorizationRequired
-from ..upstream.errors import check_gateway_answer, upstream_errors
-from .credential import Credential
-from .grant_cache import CachedGrantStore
-from .grant_records import Grant
-from .helix_call import HelixCaller, HelixRequest
-from .refresh import Refresher
-from .relay_catalog import SubscriptionKey
+from ...errors import ReauthorizationRequired
+from ...upstream.errors import check_gateway_answer, upstream_errors
+from ..credential import Credential
+from ..grant_cache import CachedGrantStore
+from ..grant_records import Grant
+from ..helix_call import HelixCaller, HelixRequest
+from ..refresh import Refresher
+from .catalog import SubscriptionKey
 
 __all__ = ["CreatedSubscription", "HelixSubscriptions", "SubscriptionRefused"]
 

@@ -1,7 +1,7 @@
 """One process's bookkeeping in Redis for live events: heartbeat, wants, leases.
 
-:class:`Coordination` is what :class:`~proxy.core.relay_redis_hub.RedisRelay`
-keeps in Redis, with the names of :class:`~proxy.core.relay_redis.RelayKeys`:
+:class:`Coordination` is what :class:`~proxy.core.relay.redis_hub.RedisRelay`
+keeps in Redis, with the names of :class:`~proxy.core.relay.backend.RelayKeys`:
 
 - ``alive:<process>``: the process's heartbeat, set for ``lease`` seconds and
   renewed more often; wants of a process whose heartbeat expired are ignored
@@ -29,8 +29,8 @@ from typing import Any
 
 import redis.asyncio
 
-from .relay_catalog import SubscriptionKey
-from .relay_redis import Entry, RelayKeys, key_from_token, text_of
+from .backend import Entry, RelayKeys, key_from_token, text_of
+from .catalog import SubscriptionKey
 
 __all__ = ["CONTROL_ID", "Coordination"]
 

@@ -5,21 +5,21 @@ subscriptions instead of each opening its own WebSocket to Twitch, which
 would count against Twitch's per-user limits (3 sockets, ``max_total_cost``
 10, 300 subscriptions a socket) and need every widget to handle reconnects,
 keepalives and token refreshes. :class:`Relay` keeps one
-:class:`~proxy.core.relay_channel.GrantChannel` per grant, opened when the
+:class:`~proxy.core.relay.channel.GrantChannel` per grant, opened when the
 first widget of that grant attaches and closed ``grace`` seconds after the
 last one leaves; the channel shares subscriptions among widgets and talks to
-Twitch (see :mod:`proxy.core.relay_channel`).
+Twitch (see :mod:`proxy.core.relay.channel`).
 
 The pieces, one module each:
 
-- :mod:`.relay_catalog`: the subscription types a widget may ask for, their
+- :mod:`.catalog`: the subscription types a widget may ask for, their
   conditions (defaulting to the grant's user) and Twitch's cost rule;
-- :mod:`.relay_stream`: frames encoded once, the resume buffer, outboxes;
-- :mod:`.relay_twitch`: creating and deleting subscriptions through Helix
+- :mod:`.stream`: frames encoded once, the resume buffer, outboxes;
+- :mod:`.subscriptions`: creating and deleting subscriptions through Helix
   with the grant's token (refreshed as for ``/helix``);
-- :mod:`.relay_channel`: one grant's subscriptions and widgets;
-- :mod:`.relay_sockets`: one grant's EventSub sockets, opened with backoff;
-- :mod:`.relay_services`: the settings, the service protocols it is handed
+- :mod:`.channel`: one grant's subscriptions and widgets;
+- :mod:`.sockets`: one grant's EventSub sockets, opened with backoff;
+- :mod:`.settings`: the settings, the service protocols it is handed
   and the observer that measures it.
 
 The relay is handed its services (the subscriptions API, a factory of
@@ -35,16 +35,16 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from .relay_catalog import SubscriptionKey
-from .relay_channel import GrantChannel
-from .relay_services import (
+from .catalog import SubscriptionKey
+from .channel import GrantChannel
+from .settings import (
     ChannelState,
     EventSubConnection,
     RelayObserver,
     RelaySettings,
     SubscriptionApi,
 )
-from .relay_stream import Outbox
+from .stream import Outbox
 
 __all__ = ["Relay", "RelaySettings"]
 

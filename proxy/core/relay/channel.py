@@ -2,13 +2,13 @@
 
 A :class:`GrantChannel` holds, for one grant:
 
-- the widgets listening (each an :class:`~proxy.core.relay_stream.Outbox`) and
-  the grant's :class:`~proxy.core.relay_stream.ResumeBuffer`;
+- the widgets listening (each an :class:`~proxy.core.relay.stream.Outbox`) and
+  the grant's :class:`~proxy.core.relay.stream.ResumeBuffer`;
 - the subscriptions they want, one entry per (type, version, condition) with
   the widgets that want it: the first widget creates it at Twitch, the last
   one to leave deletes it ``grace`` seconds later (a reloading widget does not
   cost a delete and a create);
-- its EventSub sockets (:class:`~proxy.core.relay_sockets.SocketPool`): one,
+- its EventSub sockets (:class:`~proxy.core.relay.sockets.SocketPool`): one,
   unless more than ``per_socket`` subscriptions need another (at most
   ``max_sockets``, Twitch's limit per user). A socket is opened when a
   subscription needs one and created on right after its welcome (Twitch
@@ -25,7 +25,7 @@ is created again on a new socket, with backoff when sessions keep dying
 young. A session that must not be retried gets its widgets an ``error`` and
 ends their streams. A grant Twitch no longer accepts ends everything with a
 ``reauthorization_required`` event carrying the login URL. The
-:class:`~proxy.core.relay_services.RelayObserver` is told of messages,
+:class:`~proxy.core.relay.settings.RelayObserver` is told of messages,
 deliveries, gaps and reconnects as they happen, and reads :meth:`GrantChannel.state`.
 """
 
@@ -37,10 +37,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ProxyError, ReauthorizationRequired
-from ..upstream.eventsub import EventSubMessage, SessionEnded
-from .relay_catalog import SubscriptionKey, subscription_cost
-from .relay_services import (
+from ...errors import ProxyError, ReauthorizationRequired
+from ...upstream.eventsub import EventSubMessage, SessionEnded
+from .catalog import SubscriptionKey, subscription_cost
+from .settings import (
     ChannelState,
     EventSubConnection,
     NoObserver,
@@ -48,9 +48,9 @@ from .relay_services import (
     RelaySettings,
     SubscriptionApi,
 )
-from .relay_sockets import SocketLink, SocketPool
-from .relay_stream import Outbox, ResumeBuffer, encode_frame
-from .relay_twitch import SubscriptionRefused
+from .sockets import SocketLink, SocketPool
+from .stream import Outbox, ResumeBuffer, encode_frame
+from .subscriptions import SubscriptionRefused
 
 __all__ = ["GrantChannel"]
 

@@ -18,8 +18,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from .grant_records import ACTIVE, Grant
-from .relay_stream import Outbox, encode_frame
+from ..grant_records import ACTIVE, Grant
+from .stream import Outbox, encode_frame
 
 __all__ = ["StreamAccess"]
 

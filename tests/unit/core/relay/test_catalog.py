@@ -1,10 +1,10 @@
-"""proxy.core.relay_catalog: subscription types, conditions and Twitch's cost rule."""
+"""proxy.core.relay.catalog: subscription types, conditions and Twitch's cost rule."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.core.relay_catalog import (
+from proxy.core.relay.catalog import (
     SubscriptionKey,
     SubscriptionTypeError,
     parse_type,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .relay_catalog import SubscriptionKey
+from .catalog import SubscriptionKey
 
 __all__ = ["BufferedEvent", "Outbox", "ResumeBuffer", "encode_comment", "encode_frame"]
 

@@ -2,7 +2,7 @@
 
 :class:`EventSubConnection` is what :class:`~proxy.upstream.eventsub.EventSubSocket`
 offers (one session with Twitch's EventSub WebSocket), :class:`SubscriptionApi`
-what :class:`~proxy.core.relay_twitch.HelixSubscriptions` offers (creating and
+what :class:`~proxy.core.relay.subscriptions.HelixSubscriptions` offers (creating and
 deleting subscriptions through Helix). Both are protocols so that the channel
 takes whatever it is given and never builds a service itself. A
 :class:`RelayObserver` (the app's :class:`~proxy.telemetry.eventsub_metrics.EventSubMetrics`)
@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..upstream.eventsub import EventSubMessage
-from .relay_catalog import SubscriptionKey
-from .relay_twitch import CreatedSubscription
+from ...upstream.eventsub import EventSubMessage
+from .catalog import SubscriptionKey
+from .subscriptions import CreatedSubscription
 
 __all__ = ["ChannelState", "EventSubConnection", "NoObserver", "RelayObserver", "RelaySettings",
            "SubscriptionApi"]
@@ -34,7 +34,7 @@ class EventSubConnection(Protocol):
 
 
 class SubscriptionApi(Protocol):
-    """What the channel needs of Twitch's subscriptions API (:mod:`.relay_twitch`)."""
+    """What the channel needs of Twitch's subscriptions API (:mod:`.subscriptions`)."""
 
     async def create(self, grant_id: str, key: SubscriptionKey,
                      session_id: str) -> CreatedSubscription: ...

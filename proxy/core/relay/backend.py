@@ -3,8 +3,8 @@
 Twitch allows 3 EventSub WebSockets per user, so several workers must not each
 open their own. :func:`relay_mode` picks the relay for a configuration:
 
-- one worker on any store: the one-process :class:`~proxy.core.relay.Relay`;
-- a Redis store: :class:`~proxy.core.relay_redis_hub.RedisRelay`, which
+- one worker on any store: the one-process :class:`~proxy.core.relay.local.Relay`;
+- a Redis store: :class:`~proxy.core.relay.redis_hub.RedisRelay`, which
   shares one Twitch socket per grant across every process on that Redis;
 - several workers on another store: refused (:data:`NEEDS_REDIS`), as they
   could only open one socket per worker.
@@ -27,9 +27,9 @@ from typing import Any, Literal, Protocol
 
 import redis.exceptions
 
-from ..config.store_url import store_scheme
-from .relay_catalog import SubscriptionKey
-from .relay_stream import Outbox
+from ...config.store_url import store_scheme
+from .catalog import SubscriptionKey
+from .stream import Outbox
 
 __all__ = ["NEEDS_REDIS", "REDIS_ERRORS", "Entry", "RelayBackend", "RelayKeys", "key_from_token",
            "key_token", "relay_mode", "stream_id", "text_of"]

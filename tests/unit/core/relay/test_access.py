@@ -1,4 +1,4 @@
-"""proxy.core.relay_access: open streams end when their key or grant is revoked.
+"""proxy.core.relay.access: open streams end when their key or grant is revoked.
 
 On a real grant store (memory and a SQLite file): the register looks keys up
 the way the route does (``grant_for_key``), so revoking a key, deleting the
@@ -14,8 +14,8 @@ import pytest
 
 from proxy.core.grant_cache import CachedGrantStore
 from proxy.core.grant_records import NEEDS_REAUTH
-from proxy.core.relay_access import StreamAccess
-from proxy.core.relay_stream import Outbox
+from proxy.core.relay.access import StreamAccess
+from proxy.core.relay.stream import Outbox
 from tests.unit.core.test_grants import cipher, new_grant, store  # noqa: F401 (fixture)
 
 LOGIN_URL = "https://proxy.example/login"

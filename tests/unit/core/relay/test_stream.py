@@ -1,12 +1,12 @@
-"""proxy.core.relay_stream: frames encoded once, the resume buffer, outboxes."""
+"""proxy.core.relay.stream: frames encoded once, the resume buffer, outboxes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from proxy.core.relay_catalog import SubscriptionKey
-from proxy.core.relay_stream import Outbox, ResumeBuffer, encode_comment, encode_frame
+from proxy.core.relay.catalog import SubscriptionKey
+from proxy.core.relay.stream import Outbox, ResumeBuffer, encode_comment, encode_frame
 
 FOLLOW = SubscriptionKey("channel.follow", "2", (("broadcaster_user_id", "1"),
                                                  ("moderator_user_id", "1")))
