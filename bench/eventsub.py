@@ -13,7 +13,10 @@ against the proxy for 50 widgets; RSS per idle stream (0 -> 1,000 streams);
 latency at 10, 100 and 1,000 widgets receiving 10 events/s; the most
 deliveries per second at 1,000 widgets (offered rates stepped up until the
 proxy stops keeping up); a reconnect storm (``session_reconnect`` every second
-for 30 s under 50 events/s). The figures go to a section of
+for 30 s under 50 events/s); then, with the proxy as the Procfile runs it
+with ``WEB_CONCURRENCY=2`` (gunicorn, on Redis: :mod:`bench.eventsub_redis`),
+latency at 1,000 widgets spread over the 2 workers, each worker's widgets
+checked apart, the mock's Twitch sockets counted all along. The figures go to a section of
 ``bench/results.md`` that ``python -m bench`` keeps.
 """
 
@@ -24,7 +27,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -34,6 +36,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.eventsub_redis import REDIS_HEAD, REDIS_URL, SocketCount, redis_line, redis_stack
 from bench.eventsub_stack import MockControl, Stack, naive_widgets, start_stack
 from bench.eventsub_widgets import (
     Delivery,
@@ -42,7 +45,7 @@ from bench.eventsub_widgets import (
     check_deliveries,
     percentiles,
 )
-from bench.processes import LOAD_CPUS, ROOT, cpu_seconds, rss_kib
+from bench.processes import LOAD_CPUS, rss_kib, tree_cpu_seconds
 from bench.results import RESULTS, eventsub_section, write_section
 
 __all__ = ["Measurement", "Plan", "main"]
@@ -69,12 +72,14 @@ class Plan:
     storm_widgets: int = 100
     storm_seconds: float = 30.0
     storm_rate: int = 50
+    redis_widgets: int = 1000
+    redis_workers: int = 2
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(latency_widgets=(2, 5), latency_seconds=1.0, ladder_rates=(20,),
                    ladder_seconds=1.0, idle_widgets=20, naive_widgets=6, storm_widgets=5,
-                   storm_seconds=3.0, storm_rate=20)
+                   storm_seconds=3.0, storm_rate=20, redis_widgets=10)
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,8 @@ class Run:
         self.fleet = WidgetFleet("127.0.0.1", stack.proxy.port, stack.login["proxy_key"])
         self.lag = LoopLag()
         self.lines: dict[str, list[str]] = {"naive": [], "memory": [], "latency": [],
-                                            "ladder": [], "ladder_notes": [], "storm": []}
+                                            "ladder": [], "ladder_notes": [], "storm": [],
+                                            "redis": []}
         self.failures: list[str] = []
 
     def say(self, part: str, line: str) -> None:
@@ -157,7 +163,7 @@ class Run:
         widget against the mock's log."""
         await self.warm()
         after = await self.mock.last_sequence()
-        cpu_before, started = cpu_seconds(self.proxy_pid), time.time()
+        cpu_before, started = tree_cpu_seconds(self.proxy_pid), time.time()
         self.lag.start()
         beside = asyncio.ensure_future(meanwhile()) if meanwhile is not None else None
         try:
@@ -170,7 +176,7 @@ class Run:
         fired = time.time()
         drain = await self.fleet.drained(sent, 10.0)
         lag = self.lag.stop()
-        busy = cpu_seconds(self.proxy_pid) - cpu_before
+        busy = tree_cpu_seconds(self.proxy_pid) - cpu_before
         logged = await self.mock.notifications(after)
         unique = [entry for entry in logged if not entry["duplicate"]]
         delivery = check_deliveries((w.serials for w in self.fleet.widgets), len(unique))
@@ -207,10 +213,7 @@ class Run:
         self.say("naive", f"| {count} widgets, each its own Twitch socket (naive) | "
                           f"{naive.sockets_opened} | {naive.open_sockets_at_twitch} | "
                           f"{naive.subscribed} | {refused or 'none'} | {naive.total_cost} |")
-        for _ in range(50):  # the mock ends each closed session
-            if (await self.mock.state())["open_sockets"] == 0:
-                break
-            await asyncio.sleep(0.1)
+        await self.mock.sockets_closed()
         await self.fleet.open(count)
         await self.warm()
         state = await self.mock.state()
@@ -302,16 +305,33 @@ class Run:
                           f"received {r.delivery.text()}; {gaps} `gap` events; p99 "
                           f"{r.latency[2] * 1000:.0f} ms; load generator loop lag {r.lag} ms.")
 
+    async def redis(self) -> None:
+        """Latency over the workers of one proxy on Redis (this run's stack is that proxy)."""
+        plan = self.plan
+        await self.mock.sockets_closed()  # the one-process proxy's
+        await self.fleet.open_spread(plan.redis_widgets, plan.redis_workers)
+        await self.warm()
+        sockets = SocketCount(self.mock)
+        sockets.start()
+        try:
+            r = await self.measure(plan.latency_rate, plan.latency_seconds)
+        finally:
+            await sockets.stop()
+        line, failures = redis_line(self.fleet.widgets, plan.latency_rate, r, sockets)
+        self.say("redis", line)
+        self.failures += failures
 
-async def _run(stack: Stack, plan: Plan) -> Run:
+
+ONE_PROCESS = (Run.naive, Run.memory, Run.latency, Run.ladder, Run.storm)
+
+
+async def _run(stack: Stack, plan: Plan,
+               scenarios: tuple[Callable[[Run], Coroutine[Any, Any, None]], ...]) -> Run:
     async with aiohttp.ClientSession() as session:
         run = Run(stack, plan, session)
         try:
-            await run.naive()
-            await run.memory()
-            await run.latency()
-            await run.ladder()
-            await run.storm()
+            for scenario in scenarios:
+                await scenario(run)
         finally:
             run.fleet.close()
         return run
@@ -339,16 +359,6 @@ def _runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def redis_fanout_landed() -> bool:
-    """Whether the relay's Redis fan-out (``proxy/core/relay/redis_*``) is committed yet."""
-    try:
-        listed = subprocess.run(["git", "ls-files", "proxy/core/relay/redis_*"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=10).stdout
-    except OSError:
-        return False
-    return bool(listed.strip())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench eventsub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -363,14 +373,21 @@ def main(argv: list[str] | None = None) -> int:
         stack = start_stack(Path(tmp))
         try:
             with _runner() as runner:
-                run = runner.run(_run(stack, plan))
+                run = runner.run(_run(stack, plan, ONE_PROCESS))
+                with redis_stack(Path(tmp), stack, plan.redis_workers) as on_redis:
+                    if on_redis is not None:
+                        redis = runner.run(_run(on_redis, plan, (Run.redis,)))
+                        run.lines["redis"] += redis.lines["redis"]
+                        run.failures += redis.failures
+                    else:
+                        run.lines["redis"].append(f"- Not measured: no Redis at {REDIS_URL}.")
         finally:
             stack.stop()
     elapsed = time.monotonic() - started
     command = "python -m bench eventsub" + (" --quick" if args.quick else "")
     write_section(args.output, eventsub_section(
         command=command, elapsed=elapsed, lines=run.lines, latency_head=LATENCY_HEAD,
-        ladder_head=LADDER_HEAD, redis_landed=redis_fanout_landed()))
+        ladder_head=LADDER_HEAD, redis_head=REDIS_HEAD, workers=plan.redis_workers))
     for failure in run.failures:
         print(f"NOT EXACTLY ONCE: {failure}", flush=True)
     print(f"\nwritten to {args.output} in {elapsed:.0f} s", flush=True)

@@ -23,7 +23,7 @@ from yarl import URL
 from bench.processes import CLIENT_ID, LOAD_CPUS, ProxySetup, Service, free_port
 
 __all__ = ["FOLLOW", "SCOPES", "MockControl", "NaiveOutcome", "Stack", "naive_widgets",
-           "start_stack"]
+           "start_proxy", "start_stack"]
 
 #: What channel.follow v2 needs (moderator:read:followers), and the login's default.
 SCOPES = ["user:read:email", "moderator:read:followers"]
@@ -47,31 +47,39 @@ class Stack:
 def start_stack(directory: Path, *, store: str = "memory://",
                 extra: dict[str, Any] | None = None) -> Stack:
     """Start the mock and a proxy on it, and log in once."""
-    from cryptography.fernet import Fernet
-
     port = free_port()
     mock = Service("mock twitch", [sys.executable, "-m", "proxy.mock_twitch", "--port", str(port),
                                    "--client-id", CLIENT_ID, "--client-secret", "bench-secret"],
                    port, cpus=LOAD_CPUS)
     try:
-        setup = ProxySetup(directory, id_url=mock.url, helix_url=f"{mock.url}/helix",
-                           store_url=store, encryption_key=Fernet.generate_key().decode(),
-                           extra={"twitch.scopes": SCOPES,
-                                  "twitch.eventsub_ws_url": f"ws://127.0.0.1:{port}/ws",
-                                  # A thousand widgets on one address: no per-address limit.
-                                  "limits.eventsub_per_minute": 0,
-                                  **(extra or {})})
-        proxy = setup.start("proxy eventsub")
+        proxy, _, login = start_proxy(directory, mock, store=store, extra=extra)
     except BaseException:
         mock.stop()
         raise
+    return Stack(mock, proxy, login)
+
+
+def start_proxy(directory: Path, mock: Service, *, store: str = "memory://", workers: int = 1,
+                extra: dict[str, Any] | None = None,
+                ) -> tuple[Service, ProxySetup, dict[str, Any]]:
+    """A proxy (``workers`` gunicorn workers when more than one) on the running ``mock``,
+    logged in once: the service, its set-up (store prefix) and the login's answer."""
+    from cryptography.fernet import Fernet
+
+    setup = ProxySetup(directory, id_url=mock.url, helix_url=f"{mock.url}/helix",
+                       store_url=store, encryption_key=Fernet.generate_key().decode(),
+                       extra={"twitch.scopes": SCOPES,
+                              "twitch.eventsub_ws_url": f"ws://127.0.0.1:{mock.port}/ws",
+                              # A thousand widgets on one address: no per-address limit.
+                              "limits.eventsub_per_minute": 0,
+                              **(extra or {})})
+    proxy = setup.start("proxy eventsub", workers=workers)
     try:
         login = asyncio.run(_login(URL(proxy.url)))
     except BaseException:
         proxy.stop()
-        mock.stop()
         raise
-    return Stack(mock, proxy, login)
+    return proxy, setup, login
 
 
 async def _login(base: URL) -> dict[str, Any]:
@@ -123,6 +131,13 @@ class MockControl:
     async def state(self) -> dict[str, Any]:
         async with self._session.get(f"{self._base}/state") as answer:
             return dict(await answer.json())
+
+    async def sockets_closed(self, within: float = 5.0) -> None:
+        """Until the mock has ended every closed socket's session (at most ``within`` s)."""
+        for _ in range(round(within / 0.1)):
+            if not (await self.state())["open_sockets"]:
+                return
+            await asyncio.sleep(0.1)
 
     async def notifications(self, after: int = 0) -> list[dict[str, Any]]:
         """The notifications the mock sent with a sequence above ``after``."""

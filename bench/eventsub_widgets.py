@@ -8,7 +8,8 @@ follower's ``user_id`` (900000000 + serial, :mod:`proxy.mock_twitch.eventsub_cat
 and the time the mock built the event out of ``followed_at``, and keeps
 (serial, latency) per delivery. :func:`check_deliveries` then says, per
 widget, what was lost, duplicated or out of order against the count of
-notifications the mock's log shows it sent; :class:`LoopLag` measures this
+notifications the mock's log shows it sent (:func:`by_worker` splits the
+widgets by the process that serves them); :class:`LoopLag` measures this
 process's own event-loop lag, since on 2 CPUs it shares the machine with the
 proxy.
 """
@@ -25,12 +26,15 @@ from typing import cast
 
 import httptools
 
-__all__ = ["Delivery", "LoopLag", "SseWidget", "WidgetFleet", "check_deliveries",
-           "percentiles"]
+__all__ = ["Delivery", "LoopLag", "SseWidget", "WidgetFleet", "by_worker",
+           "check_deliveries", "percentiles"]
 
 _SERIAL_BASE = 900_000_000
 _USER_ID = b'"user_id":"'
 _FOLLOWED_AT = b'"followed_at":"'
+#: The proxy's request ids start with 16 hex digits of the serving process's own.
+_REQUEST_ID = b"x-request-id"
+_PROCESS_PREFIX = 16
 
 
 def event_time(text: bytes) -> float:
@@ -50,6 +54,8 @@ class SseWidget(asyncio.Protocol):
         self._now = 0.0
         self.transport: asyncio.Transport | None = None
         self.status = 0
+        #: The serving process, as its request ids name it ("" if none was sent).
+        self.worker = ""
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = False
         #: Serials of the notifications received, in arrival order.
@@ -74,6 +80,10 @@ class SseWidget(asyncio.Protocol):
         self._fail(exc or ConnectionResetError("the proxy closed the stream"))
 
     # -- httptools callbacks -----------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == _REQUEST_ID:
+            self.worker = value[:_PROCESS_PREFIX].decode()
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -164,6 +174,27 @@ class WidgetFleet:
             widget.close()
         del self.widgets[keep:]
 
+    async def open_spread(self, count: int, workers: int, *, attempts: int = 20) -> None:
+        """``count`` streams, as evenly as can be over ``workers`` processes sharing one
+        listening socket (the kernel, not this process, picks who accepts): open more,
+        close those beyond a process's share, until every process has its share."""
+        share = -(-count // workers)
+        for attempt in range(attempts):
+            groups = by_worker(self.widgets)
+            keep = {worker: group[:share] for worker, group in groups.items()}
+            for group in groups.values():
+                for widget in group[share:]:
+                    widget.close()
+            self.widgets = [widget for group in keep.values() for widget in group]
+            missing = count - len(self.widgets)
+            if missing <= 0:
+                return
+            if attempt:  # a worker may still be starting
+                await asyncio.sleep(0.2)
+            await self.open(missing)
+        raise RuntimeError(f"{count} streams could not be spread over {workers} processes: "
+                           f"{sorted(len(g) for g in by_worker(self.widgets).values())}")
+
     def reset(self) -> None:
         """Forget what was received: a new measurement starts."""
         self.latencies.clear()
@@ -208,6 +239,14 @@ class Delivery:
         return (f"{self.received:,} of {self.widgets} x {self.sent} = "
                 f"{self.widgets * self.sent:,}: lost {self.lost}, duplicated "
                 f"{self.duplicated}, out of order {self.out_of_order}")
+
+
+def by_worker(widgets: Iterable[SseWidget]) -> dict[str, list[SseWidget]]:
+    """Widgets grouped by the process serving them, in opening order."""
+    groups: dict[str, list[SseWidget]] = {}
+    for widget in widgets:
+        groups.setdefault(widget.worker, []).append(widget)
+    return groups
 
 
 def check_deliveries(received: Iterable[list[int]], sent: int) -> Delivery:
