@@ -36,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.eventsub_redis import REDIS_HEAD, REDIS_URL, SocketCount, redis_line, redis_stack
+from bench.eventsub_redis import REDIS_HEAD, SocketCount, redis_line, redis_stack, redis_where
 from bench.eventsub_stack import MockControl, Stack, naive_widgets, start_stack
 from bench.eventsub_widgets import (
     Delivery,
@@ -380,14 +380,16 @@ def main(argv: list[str] | None = None) -> int:
                         run.lines["redis"] += redis.lines["redis"]
                         run.failures += redis.failures
                     else:
-                        run.lines["redis"].append(f"- Not measured: no Redis at {REDIS_URL}.")
+                        run.lines["redis"].append(
+                            f"- Not measured: no Redis answered at {redis_where()}.")
         finally:
             stack.stop()
     elapsed = time.monotonic() - started
     command = "python -m bench eventsub" + (" --quick" if args.quick else "")
     write_section(args.output, eventsub_section(
         command=command, elapsed=elapsed, lines=run.lines, latency_head=LATENCY_HEAD,
-        ladder_head=LADDER_HEAD, redis_head=REDIS_HEAD, workers=plan.redis_workers))
+        ladder_head=LADDER_HEAD, redis_head=REDIS_HEAD, workers=plan.redis_workers,
+        redis_at=redis_where()))
     for failure in run.failures:
         print(f"NOT EXACTLY ONCE: {failure}", flush=True)
     print(f"\nwritten to {args.output} in {elapsed:.0f} s", flush=True)

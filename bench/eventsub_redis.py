@@ -3,7 +3,7 @@
 :func:`redis_stack` replaces the benchmark's one-process proxy (on the
 in-memory store) by the proxy as the Procfile runs it with
 ``WEB_CONCURRENCY=2``: a gunicorn master whose workers share one listening
-socket, on the Redis at :data:`REDIS_URL` under a store prefix of its own
+socket, on the Redis at ``$REDIS_URL`` (else 127.0.0.1:6379) under a store prefix of its own
 (removed afterwards), on the same mock Twitch. Each worker is a process of
 the Redis relay: one of them leads the grant (holds the one Twitch socket and
 publishes each event once to Redis), every worker reads the grant's pub/sub
@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from yarl import URL
 
 from bench.eventsub_stack import MockControl, Stack, start_proxy
 from bench.eventsub_widgets import SseWidget, by_worker, check_deliveries
@@ -27,9 +30,19 @@ from bench.processes import redis_answers
 if TYPE_CHECKING:  # bench.eventsub imports this module
     from bench.eventsub import Measurement
 
-__all__ = ["REDIS_HEAD", "REDIS_URL", "SocketCount", "redis_line", "redis_stack"]
+__all__ = ["REDIS_HEAD", "SocketCount", "redis_line", "redis_stack", "redis_url", "redis_where"]
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+
+def redis_url() -> str:
+    """The Redis the row runs on: ``$REDIS_URL`` as the tests take it, else the local one."""
+    return os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+def redis_where() -> str:
+    """host:port of :func:`redis_url`, without a password, for the report."""
+    url = URL(redis_url())
+    return f"{url.host}:{url.port}"
+
 
 REDIS_HEAD = ("| widgets over workers (each) | events/s | notifications sent (mock log) | "
               "deliveries | p50 ms | p95 ms | p99 ms | exactly once, in order, per worker | "
@@ -41,23 +54,24 @@ REDIS_HEAD = ("| widgets over workers (each) | events/s | notifications sent (mo
 def redis_stack(directory: Path, stack: Stack, workers: int) -> Iterator[Stack | None]:
     """``stack``'s mock with a ``workers``-worker proxy on Redis instead of its proxy
     (``None`` when no Redis answers); the proxy stopped and its keys removed after."""
-    if not redis_answers(REDIS_URL):
+    url = redis_url()
+    if not redis_answers(url):
         yield None
         return
     stack.proxy.stop()  # its Twitch socket closes: the mock counts the new proxy's alone
-    proxy, setup, login = start_proxy(directory, stack.mock, store=REDIS_URL, workers=workers)
+    proxy, setup, login = start_proxy(directory, stack.mock, store=url, workers=workers)
     try:
         yield Stack(stack.mock, proxy, login)
     finally:
         proxy.stop()
-        _forget(setup.prefix)
+        _forget(url, setup.prefix)
 
 
-def _forget(prefix: str) -> None:
+def _forget(url: str, prefix: str) -> None:
     """Remove what the proxy left in Redis under its own prefix."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(url)
     try:
         names = list(client.scan_iter(match=f"{prefix}*", count=1000))
         if names:

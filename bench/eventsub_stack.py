@@ -70,8 +70,11 @@ def start_proxy(directory: Path, mock: Service, *, store: str = "memory://", wor
                        store_url=store, encryption_key=Fernet.generate_key().decode(),
                        extra={"twitch.scopes": SCOPES,
                               "twitch.eventsub_ws_url": f"ws://127.0.0.1:{mock.port}/ws",
-                              # A thousand widgets on one address: no per-address limit.
+                              # A thousand widgets on one address: no per-address limit;
+                              # streams just closed may still count for a moment while
+                              # the next thousand open.
                               "limits.eventsub_per_minute": 0,
+                              "limits.eventsub_streams_per_grant": 5000,
                               **(extra or {})})
     proxy = setup.start("proxy eventsub", workers=workers)
     try:

@@ -164,7 +164,7 @@ def write_section(path: Path, section: str) -> None:
 
 def eventsub_section(*, command: str, elapsed: float, lines: dict[str, list[str]],
                      latency_head: str, ladder_head: str, redis_head: str,
-                     workers: int) -> str:
+                     workers: int, redis_at: str) -> str:
     """The live-events section of bench/results.md, from one run's lines."""
     def columns(head: str) -> str:
         return "| --- |" + " ---: |" * (head.count("|") - 2)
@@ -209,7 +209,7 @@ def eventsub_section(*, command: str, elapsed: float, lines: dict[str, list[str]
         "",
         f"The proxy as the Procfile runs it with `WEB_CONCURRENCY={workers}` (a gunicorn "
         "master, its workers sharing one listening socket, pinned to CPU 1 like the single "
-        "process above) on the Redis at 127.0.0.1:6379 (not pinned), under a store prefix of "
+        f"process above) on the Redis at {redis_at} (not pinned), under a store prefix of "
         "its own. The widgets are spread evenly over the workers by their `X-Request-Id` "
         "(each worker's ids start with its own prefix): streams the kernel gave a worker "
         "beyond its share are closed and more opened. Each worker's widgets are checked "

@@ -7,8 +7,12 @@ requests go through them, so a change that breaks the benchmark fails CI.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 
 from bench import loadgen, run, upstream
+from bench.eventsub_redis import redis_url
+from bench.processes import redis_answers
 from bench.reference import create_reference_app
 from bench.upstream import HELIX_USERS_BODY, create_fake_twitch
 
@@ -159,3 +163,41 @@ def test_eventsub_quick_run(tmp_path):
         assert "| yes |" in row, row
     assert "lost 0, duplicated 0, out of order 0" in text
     assert "NOT EXACTLY ONCE" not in done.stdout
+    # 10 widgets over 2 gunicorn workers on Redis, when one answers (always under CI).
+    if os.environ.get("CI") or redis_answers(redis_url()):
+        row = next(line for line in text.splitlines() if line.startswith("| 10 over 2 (5 / 5) |"))
+        assert "| 1: yes; 2: yes |" in row, row
+        assert re.search(r"\| 1 \(\d+ samples\) \|", row), row
+    else:
+        assert "Not measured: no Redis answered" in text
+
+
+async def test_widgets_spread_evenly_over_the_processes_that_accept_them(aiohttp_server):
+    """``open_spread`` keeps each process's share, whichever process the kernel picked."""
+    from aiohttp import web
+
+    from bench.eventsub_widgets import WidgetFleet, by_worker
+
+    # The first five streams all land on one process, then they alternate.
+    accepted = iter(["a" * 16] * 5 + ["a" * 16, "b" * 16] * 10)
+
+    async def eventsub(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "X-Request-Id": next(accepted) + "0" * 16})
+        await response.prepare(request)
+        await response.write(b": connected\n\n")
+        await asyncio.sleep(30)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/eventsub", eventsub)
+    server = await aiohttp_server(app)
+    fleet = WidgetFleet("127.0.0.1", server.port, "tpk_not-a-real-key")
+    try:
+        await fleet.open_spread(6, 2)
+        groups = by_worker(fleet.widgets)
+        assert sorted(groups) == ["a" * 16, "b" * 16]
+        assert [len(group) for group in groups.values()] == [3, 3]
+        assert not any(widget.closed for widget in fleet.widgets)
+    finally:
+        fleet.close()
