@@ -210,11 +210,6 @@ async def test_another_grants_stream_ids_replay_nothing_of_it_on_any_process(
     assert await _follows(own, 1) == ["mine"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stream_id() takes str.isdigit() for ASCII digits: a Last-Event-ID of other Unicode "
-    "digits passes it, then XRANGE answers ResponseError or int() raises ValueError, neither "
-    "caught in WidgetCursor.join: the widget never goes live (no gap, no event, its held "
-    "entries pile up) and the log gets an 'unexpected error' traceback"))
 @pytest.mark.parametrize("shape", ["arabic-indic digits", "superscript sequence"])
 async def test_a_resume_id_of_unicode_digits_is_a_gap_not_a_silent_stream(
         cluster, session, shape):
@@ -243,11 +238,6 @@ async def test_a_resume_id_of_unicode_digits_is_a_gap_not_a_silent_stream(
 # -- a stream that ended stays ended, a new login starts afresh ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the leader adds an 'end' entry to the grant's Redis stream; WidgetCursor.replay "
-    "delivers it to a widget resuming from before it, which closes the new stream at once: "
-    "after a new login the widget's EventSource reconnects with the same Last-Event-ID and "
-    "is closed again every retry until the entry leaves the stream (eventsub.buffer_age)"))
 async def test_a_widget_resuming_after_a_new_login_gets_events_not_the_old_end(
         cluster, session, mock):
     first, second = await cluster.start(2, session)
@@ -375,10 +365,6 @@ async def test_a_killed_process_leading_two_grants_leaves_neither_grants_widgets
         assert await _follows(widget, 1) == [f"for-{user}"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ResumeBuffer.since takes str.isdigit() for ASCII digits: int('\u00b2') raises "
-    "ValueError after the 200 was sent, and the error middleware writes a 500 status line "
-    "into the event stream's body (a broken HTTP response)"))
 async def test_in_one_process_a_resume_id_of_unicode_digits_is_a_gap_not_a_broken_stream(
         proxy, twitch_server):
     key = (await grant_key(proxy))["proxy_key"]

@@ -21,6 +21,7 @@ grant), or a control word (``end``: streams of those subscriptions end).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -113,12 +114,16 @@ def text_of(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+#: A Redis stream entry id, in ASCII digits only (``str.isdigit`` also takes ``²`` and ``١``).
+_STREAM_ID = re.compile(r"([0-9]{1,15})-([0-9]{1,18})")
+
+
 def stream_id(text: str) -> tuple[int, int] | None:
     """A stream entry id (``<ms>-<seq>``) as a comparable pair; None if it is not one."""
-    ms, dash, seq = text.strip().partition("-")
-    if not dash or not ms.isdigit() or not seq.isdigit() or len(ms) > 15 or len(seq) > 18:
+    match = _STREAM_ID.fullmatch(text.strip())
+    if match is None:
         return None
-    return int(ms), int(seq)
+    return int(match[1]), int(match[2])
 
 
 @dataclass(frozen=True, slots=True)

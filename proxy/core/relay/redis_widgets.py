@@ -55,13 +55,19 @@ class WidgetCursor:
         return False
 
     def deliver(self, position: Position, event_id: str, entry: Entry,
-                frame: bytes | None = None) -> bool:
-        """Queue ``entry`` unless the widget has it or does not want it; True if queued."""
+                frame: bytes | None = None, *, resuming: bool = False) -> bool:
+        """Queue ``entry`` unless the widget has it or does not want it; True if queued.
+
+        ``resuming``: the entry is older than this stream (a ``Last-Event-ID`` replay). An
+        ``end`` among those ended an earlier stream, not this one: the grant was checked
+        when this stream opened (a new login may have come since).
+        """
         if position <= self.after or not entry.wanted_by(self.tokens):
             return False
         self.after = position
         if entry.event == "end":
-            self.outbox.close(str(entry.data.get("reason", "ended")))
+            if not resuming:
+                self.outbox.close(str(entry.data.get("reason", "ended")))
             return False
         self.outbox.put(frame or encode_frame(entry.event, entry.data, event_id=event_id))
         return True
@@ -77,9 +83,11 @@ class WidgetCursor:
         gap: str | None = None
         try:
             position = stream_id(last_event_id) if last_event_id else None
-            if last_event_id and (position is None or time.time() * 1000 - position[0]
-                                  > max_age * 1000 or not await client.xrange(
-                                      stream, min=last_event_id, max=last_event_id)):
+            kept = position is not None and (
+                time.time() * 1000 - position[0] <= max_age * 1000
+                and await client.xrange(stream, min=f"{position[0]}-{position[1]}",
+                                        max=f"{position[0]}-{position[1]}"))
+            if last_event_id and not kept:
                 self.outbox.put(encode_frame("gap", {
                     "reason": "resume_unavailable",
                     "message": "Events since your Last-Event-ID are no longer kept; some "
@@ -88,7 +96,7 @@ class WidgetCursor:
                 gap, position = "resume_unavailable", None
             if position is not None:
                 self.after = position
-                delivered += await self.replay(client, stream)
+                delivered += await self.replay(client, stream, resuming=True)
             # Otherwise it gets what was published since it was attached (held meanwhile).
         except REDIS_ERRORS:
             gap = "store_unavailable"
@@ -101,7 +109,8 @@ class WidgetCursor:
             delivered += self.deliver(position, event_id, entry)
         return delivered, gap
 
-    async def replay(self, client: redis.asyncio.Redis, stream: str) -> int:
+    async def replay(self, client: redis.asyncio.Redis, stream: str, *,
+                     resuming: bool = False) -> int:
         """Deliver the stream's entries after the last one the widget got; how many."""
         delivered = 0
         after = f"{self.after[0]}-{self.after[1]}"
@@ -110,7 +119,8 @@ class WidgetCursor:
             event_id = text_of(raw_id)
             position = stream_id(event_id)
             if position is not None:
-                delivered += self.deliver(position, event_id, Entry.decode(fields[b"m"]))
+                delivered += self.deliver(position, event_id, Entry.decode(fields[b"m"]),
+                                          resuming=resuming)
         return delivered
 
     async def catch_up(self, client: redis.asyncio.Redis, stream: str) -> int | None:

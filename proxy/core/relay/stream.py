@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -66,6 +67,10 @@ class BufferedEvent:
         return self.keys is None or not self.keys.isdisjoint(keys)
 
 
+#: An event id's sequence: ASCII digits only (``str.isdigit`` also takes ``²`` and ``١``).
+_SEQUENCE = re.compile(r"[0-9]{1,18}")
+
+
 class ResumeBuffer:
     """The last events of one grant, for ``Last-Event-ID``; see the module docstring."""
 
@@ -99,7 +104,7 @@ class ResumeBuffer:
     def since(self, last_event_id: str) -> list[BufferedEvent] | None:
         """The events after ``last_event_id``; None if it is not this buffer's or too old."""
         epoch, _, seq_text = last_event_id.strip().partition("-")
-        if epoch != self.epoch or not seq_text.isdigit() or len(seq_text) > 18:
+        if epoch != self.epoch or not _SEQUENCE.fullmatch(seq_text):
             return None
         seq = int(seq_text)
         if seq > self._seq:

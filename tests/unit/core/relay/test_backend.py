@@ -60,6 +60,9 @@ def test_an_entry_round_trips_and_says_who_wants_it():
     ("17", None),
     ("-1", None),
     ("1-" + "9" * 19, None),
+    (" 5-12 ", (5, 12)),  # padding is dropped, and the padded id is never sent to Redis
+    ("\u0661\u0667\u0663-0", None),  # Arabic-Indic digits: str.isdigit() would take them
+    ("5-\u00b2", None),  # a superscript two: so would int() fail on it
 ])
 def test_stream_ids_compare_as_pairs(text, position):
     assert stream_id(text) == position

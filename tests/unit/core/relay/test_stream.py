@@ -60,7 +60,8 @@ def test_buffer_answers_none_for_ids_it_cannot_place():
     other = ResumeBuffer(clock=Clock())
     assert buffer.since(f"{other.epoch}-1") is None  # another buffer (another process)
     assert buffer.since(f"{buffer.epoch}-5") is None  # from the future
-    for junk in ("", "x", f"{buffer.epoch}-", f"{buffer.epoch}-1x", f"{buffer.epoch}-" + "9" * 40):
+    for junk in ("", "x", f"{buffer.epoch}-", f"{buffer.epoch}-1x", f"{buffer.epoch}-" + "9" * 40,
+                 f"{buffer.epoch}-\u00b2", f"{buffer.epoch}-\u0661"):  # digits, but not ASCII
         assert buffer.since(junk) is None
 
 
