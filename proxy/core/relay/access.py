@@ -39,6 +39,7 @@ class StreamAccess:
         self._interval = interval
         self._by_key: dict[str, set[Outbox]] = collections.defaultdict(set)
         self._grant_of: dict[Outbox, str] = {}
+        self._gone: dict[Outbox, Callable[[], bool]] = {}
         self._per_grant: collections.Counter[str] = collections.Counter()
         self._task: asyncio.Task[None] | None = None
 
@@ -49,9 +50,17 @@ class StreamAccess:
         """How many open streams of ``grant_id`` this process holds."""
         return self._per_grant[grant_id]
 
-    def add(self, key: str, grant_id: str, outbox: Outbox) -> None:
-        """Watch ``outbox``, opened with ``key`` for ``grant_id``."""
+    def add(self, key: str, grant_id: str, outbox: Outbox, *,
+            gone: Callable[[], bool] | None = None) -> None:
+        """Watch ``outbox``, opened with ``key`` for ``grant_id``.
+
+        ``gone`` says whether the widget's connection is closed: a widget that left is
+        noticed at the next check, not at the next write (which may be a heartbeat away),
+        so it stops counting against the grant's streams within about a second.
+        """
         self._by_key[key].add(outbox)
+        if gone is not None:
+            self._gone[outbox] = gone
         self._grant_of[outbox] = grant_id
         self._per_grant[grant_id] += 1
 
@@ -65,6 +74,7 @@ class StreamAccess:
         self._forget(outbox)
 
     def _forget(self, outbox: Outbox) -> None:
+        self._gone.pop(outbox, None)
         grant_id = self._grant_of.pop(outbox, None)
         if grant_id is not None:
             self._per_grant[grant_id] -= 1
@@ -85,7 +95,13 @@ class StreamAccess:
             self._task = None
 
     async def check(self) -> int:
-        """Re-check every key once; returns how many streams were ended."""
+        """Re-check every key once; returns how many streams were ended for it.
+
+        Streams whose widget went away are closed too (not counted: nothing was revoked).
+        """
+        for outbox, gone in list(self._gone.items()):
+            if gone():
+                outbox.close("disconnected")
         ended = 0
         for key in list(self._by_key):
             try:

@@ -85,6 +85,12 @@ _MAX_TYPES = 20
 _SHOWABLE_NAME = re.compile(r"[a-z_]{1,40}")
 
 
+def _closed(request: web.Request) -> bool:
+    """Whether the widget's connection is gone (aiohttp drops the transport when it is)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def _secret_in_url(query: Mapping[str, str]) -> bool:
     """A proxy key anywhere in the query, or a ticket anywhere but ``?ticket=``."""
     for name, value in query.items():
@@ -223,7 +229,8 @@ class _EventSubRoutes:
         await response.prepare(request)
         await response.write(f"retry: {self._options.retry_ms}\n: connected\n\n".encode())
         outbox = relay.attach(grant.grant_id, grant.user_id, keys, last_event_id)
-        access.add(key, grant.grant_id, outbox)  # revoking the key ends the stream
+        # Revoking the key ends the stream; a widget that left is noticed within a second.
+        access.add(key, grant.grant_id, outbox, gone=lambda: _closed(request))
         # The heartbeat task ends when a write fails: the widget went away.
         gone = asyncio.ensure_future(response.wait())
         gone.add_done_callback(lambda _: outbox.close("disconnected"))

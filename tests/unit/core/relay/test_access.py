@@ -128,3 +128,18 @@ async def test_an_unreachable_store_ends_nothing_and_is_retried(grants):
     assert await access.check() == 0 and calls == 1 and not outbox.closed
 
 
+
+
+async def test_a_widget_that_left_is_closed_and_stops_counting(grants):
+    access = StreamAccess(grants.grant_for_key, login_url=LOGIN_URL)
+    loaded = await grants.create(new_grant())
+    key, _ = await grants.create_key(loaded.grant.grant_id)
+    connected = {"here": True, "there": True}
+    here, there = Outbox(()), Outbox(())
+    access.add(key, loaded.grant.grant_id, here, gone=lambda: not connected["here"])
+    access.add(key, loaded.grant.grant_id, there, gone=lambda: not connected["there"])
+    connected["there"] = False
+    assert await access.check() == 0  # nothing was revoked
+    assert there.closed and there.reason == "disconnected" and not here.closed
+    access.discard(key, there)  # what the stream's handler does once its outbox is closed
+    assert access.streams_of(loaded.grant.grant_id) == 1
