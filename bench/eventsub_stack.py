@@ -71,8 +71,8 @@ def start_proxy(directory: Path, mock: Service, *, store: str = "memory://", wor
                        extra={"twitch.scopes": SCOPES,
                               "twitch.eventsub_ws_url": f"ws://127.0.0.1:{mock.port}/ws",
                               # A thousand widgets on one address: no per-address limit;
-                              # streams just closed may still count for a moment while
-                              # the next thousand open.
+                              # streams just closed count until the proxy's once-a-second
+                              # check, while the next thousand open.
                               "limits.eventsub_per_minute": 0,
                               "limits.eventsub_streams_per_grant": 5000,
                               **(extra or {})})
