@@ -49,7 +49,7 @@ from .settings import (
     SubscriptionApi,
 )
 from .sockets import SocketLink, SocketPool
-from .stream import Outbox, ResumeBuffer, encode_frame
+from .stream import EventLog, Outbox, ResumeBuffer, encode_frame
 from .subscriptions import SubscriptionRefused
 
 __all__ = ["GrantChannel"]
@@ -81,11 +81,11 @@ class GrantChannel:
     def __init__(self, grant_id: str, user_id: str, *, api: SubscriptionApi,
                  open_socket: Callable[[], EventSubConnection], login_url: str,
                  settings: RelaySettings, on_idle: Callable[[GrantChannel], None],
-                 observer: RelayObserver | None = None) -> None:
+                 observer: RelayObserver | None = None, log: EventLog | None = None) -> None:
         self.grant_id = grant_id
         self.user_id = user_id
-        self.buffer = ResumeBuffer(max_events=settings.buffer_events,
-                                   max_age=settings.buffer_age)
+        self.buffer: EventLog = log or ResumeBuffer(max_events=settings.buffer_events,
+                                                    max_age=settings.buffer_age)
         self.outboxes: set[Outbox] = set()
         #: None while working; why it stopped once it did (a new channel takes over).
         self.ended: str | None = None

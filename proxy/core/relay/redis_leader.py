@@ -92,7 +92,7 @@ class _PublishingBuffer:
         # An empty frame: the want-outboxes know it is published already.
         return BufferedEvent(self._seq, time.monotonic(), keys, b"")
 
-    def since(self, last_event_id: str) -> None:
+    def since(self, last_event_id: str) -> list[BufferedEvent] | None:
         return None  # widgets resume from the Redis stream, never from the leader
 
 
@@ -170,8 +170,8 @@ class Leader:
         self.channel = GrantChannel(grant_id, user_id, api=api, open_socket=open_socket,
                                     login_url=login_url, settings=settings,
                                     on_idle=lambda _: on_idle(self),
-                                    observer=_SessionObserver(observer or NoObserver()))
-        self.channel.buffer = _PublishingBuffer(self.queue)  # type: ignore[assignment]
+                                    observer=_SessionObserver(observer or NoObserver()),
+                                    log=_PublishingBuffer(self.queue))
         self._add_and_publish = client.register_script(_ADD_AND_PUBLISH)
         self._publisher = asyncio.ensure_future(self._publish())
 

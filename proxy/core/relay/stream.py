@@ -25,11 +25,12 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .catalog import SubscriptionKey
 
-__all__ = ["BufferedEvent", "Outbox", "ResumeBuffer", "encode_comment", "encode_frame"]
+__all__ = ["BufferedEvent", "EventLog", "Outbox", "ResumeBuffer", "encode_comment",
+           "encode_frame"]
 
 
 def encode_frame(event: str, data: dict[str, Any], *, event_id: str | None = None,
@@ -69,6 +70,19 @@ class BufferedEvent:
 
 #: An event id's sequence: ASCII digits only (``str.isdigit`` also takes ``²`` and ``١``).
 _SEQUENCE = re.compile(r"[0-9]{1,18}")
+
+
+class EventLog(Protocol):
+    """Where a grant's channel records what it sends: :class:`ResumeBuffer` in one process;
+    on Redis, the leader's log that publishes each event instead."""
+
+    @property
+    def last_id(self) -> str: ...
+
+    def append(self, keys: frozenset[SubscriptionKey] | None, event: str,
+               data: dict[str, Any]) -> BufferedEvent: ...
+
+    def since(self, last_event_id: str) -> list[BufferedEvent] | None: ...
 
 
 class ResumeBuffer:
