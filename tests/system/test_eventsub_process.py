@@ -48,22 +48,25 @@ async def test_a_widget_that_leaves_frees_its_place_within_seconds(tmp_path):
                           "--mock-port", str(mock_port), "--config", str(config))
     base = URL(f"http://localhost:{port}")  # the public URL: the state cookie is for it
     widgets = [aiohttp.ClientSession() for _ in range(3)]
+    streams: list[aiohttp.ClientResponse] = []
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, base, process)
             key = await consent(session, base, URL(f"http://127.0.0.1:{mock_port}"))
             headers = {"Authorization": f"Bearer {key}"}
             url = base.with_path("/eventsub").with_query(type="channel.follow:2")
-            streams = [await widget.get(url, headers=headers) for widget in widgets]
+            streams += [await widget.get(url, headers=headers) for widget in widgets]
             assert [stream.status for stream in streams] == [200, 200, 200]
             async with session.get(url, headers=headers) as full:
                 assert full.status == 429 and (await full.json())["error"] == "too_many_streams"
-            await widgets[0].close()  # two widgets go away, as closed OBS scenes do
-            await widgets[1].close()
+            for gone in (0, 1):  # two widgets go away, as closed OBS scenes do
+                streams[gone].close()
+                await widgets[gone].close()
             opened, started = 0, time.monotonic()
             while opened < 2 and time.monotonic() - started < 10:  # a heartbeat is 20 s
                 answer = await widgets[2].get(url, headers=headers)
                 if answer.status == 200:
+                    streams.append(answer)
                     opened += 1
                 else:
                     assert answer.status == 429
@@ -71,6 +74,8 @@ async def test_a_widget_that_leaves_frees_its_place_within_seconds(tmp_path):
                     await asyncio.sleep(0.2)
             assert opened == 2, "closed streams still counted against the grant"
     finally:
+        for stream in streams:
+            stream.close()
         for widget in widgets:
             await widget.close()
         stop(process)
