@@ -12,6 +12,7 @@ The hierarchy of the proxy's answers::
     │   └── InvalidTicket           (401 invalid_ticket)
     ├── ReauthorizationRequired     (401 reauthorization_required)
     ├── InvalidTwitchToken          (401 invalid_token)
+    ├── Unauthorized                (401 unauthorized, WWW-Authenticate)
     ├── Forbidden                   (403 forbidden)
     │   └── ScopesNotAllowed        (403 scopes_not_allowed)
     ├── ScopesNarrowed              (409 scopes_narrowed)
@@ -85,6 +86,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "Unauthorized",
     "UpstreamUnreachable",
 ]
 
@@ -169,6 +171,21 @@ class InvalidTwitchToken(ProxyError):
 
     status = 401
     code = "invalid_token"
+
+
+class Unauthorized(ProxyError):
+    """A bearer token is required (``/metrics`` with ``METRICS_TOKEN`` set)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str | None = None, *, realm: str, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.realm = realm
+
+    def headers(self) -> dict[str, str]:
+        """``WWW-Authenticate``, as RFC 6750 asks of a 401 for a bearer token."""
+        return {"WWW-Authenticate": f'Bearer realm="{self.realm}"'}
 
 
 class Forbidden(ProxyError):

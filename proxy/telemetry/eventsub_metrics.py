@@ -23,8 +23,10 @@ call its hooks where things happen, and it imports nothing of theirs
   asked for one (followed without a gap), else why the session ended before
   a new one was opened (``keepalive_timeout``, ``network``, ``closed_4000``...).
 - ``eventsub_gaps_total{cause}``: ``gap`` events sent to widget streams:
-  ``session_lost`` (a session died; events in between were missed) or
-  ``resume_unavailable`` (a ``Last-Event-ID`` older than the buffer).
+  ``session_lost`` (a session died; events in between were missed),
+  ``resume_unavailable`` (a ``Last-Event-ID`` older than the buffer),
+  ``store_unavailable`` (Redis was unreachable) or ``leader_lost`` (the process
+  holding the grant's Twitch session died or lost its lease).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from prometheus_client.registry import Collector
 __all__ = ["GAP_CAUSES", "ChannelGauges", "EventSubMetrics"]
 
 #: ``eventsub_gaps_total``'s causes, shown at 0 from the first scrape.
-GAP_CAUSES = ("session_lost", "resume_unavailable")
+GAP_CAUSES = ("session_lost", "resume_unavailable", "store_unavailable", "leader_lost")
 _MESSAGE_TYPES = ("notification", "revocation")
 
 

@@ -46,8 +46,9 @@ _MIN_SECRET_LENGTH = 8
 
 _PATTERNS = [
     re.compile(r"tpk_[A-Za-z0-9_\-]+"),
+    re.compile(r"tkt_[A-Za-z0-9_\-]+"),  # a live-events ticket: single use, but still a key
     re.compile(r"(?i)\b(bearer|oauth)\s+[^\s,;\"']+"),
-    re.compile(r"(?i)\b((?:access_|refresh_)?token|code|client_secret|secret|key)"
+    re.compile(r"(?i)\b((?:access_|refresh_)?token|code|client_secret|secret|key|ticket)"
                r"([\"']?\s*[=:]\s*[\"']?)[^&\s,;\"']+"),
 ]
 
@@ -55,8 +56,9 @@ _PATTERNS = [
 def redact(text: str) -> str:
     """``text`` with anything shaped like a credential replaced by ``***``."""
     text = _PATTERNS[0].sub("tpk_***", text)
-    text = _PATTERNS[1].sub(lambda m: f"{m.group(1)} ***", text)
-    return _PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    text = _PATTERNS[1].sub("tkt_***", text)
+    text = _PATTERNS[2].sub(lambda m: f"{m.group(1)} ***", text)
+    return _PATTERNS[3].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
 
 
 class RedactingFilter(logging.Filter):

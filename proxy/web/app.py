@@ -18,7 +18,7 @@ Routes, by module:
 - ``/metrics``                                  -> :mod:`proxy.web.routes.metrics`
 - ``/openapi.json``                             -> :mod:`proxy.web.routes.openapi`
 - ``/eventsub``, ``POST /eventsub/tickets``     -> :mod:`proxy.web.routes.eventsub`
-  (live events, relayed by :mod:`proxy.core.relay.local`)
+  (live events, relayed by :mod:`proxy.core.relay`)
 
 Every request passes :mod:`proxy.web.middleware.requestlog` first (request id,
 the router's view of the client, one log line, metrics), then the JSON errors
@@ -43,17 +43,11 @@ from ..services import Services
 from .cors import setup_cors
 from .keys import (
     abuse_guard_key,
-    app_token_key,
     config_key,
     grant_cache_key,
     grants_key,
-    helix_client_key,
-    http_session_key,
     metrics_key,
-    ratelimit_gate_key,
     refresher_key,
-    request_ids_key,
-    shared_gets_key,
     store_key,
     twitch_key,
     validator_key,
@@ -108,10 +102,7 @@ def create_app(config: Config, *, eventsub: EventSubOptions | None = None) -> we
         handler_args=handler_args(config.limits))
     app[config_key] = config
     app[metrics_key] = services.metrics
-    app[request_ids_key] = services.request_ids
     app[abuse_guard_key] = services.abuse_guard
-    app[ratelimit_gate_key] = services.ratelimit_gate
-    app[shared_gets_key] = services.shared_gets
     app.cleanup_ctx.append(_services_ctx(services))
     app.cleanup_ctx.append(_grant_cache_watch_ctx(services))
     app.cleanup_ctx.append(_validator_ctx(services))
@@ -140,14 +131,11 @@ def _services_ctx(services: Services) -> CleanupContext:
     """Open the services at start-up (see :mod:`proxy.services`), close them at shutdown."""
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         async with services.opened():
-            app[http_session_key] = services.http_session
-            app[helix_client_key] = services.helix_client
             app[store_key] = services.store
             app[grants_key] = services.grants
             app[grant_cache_key] = services.grants
             app[twitch_key] = services.twitch
             app[refresher_key] = services.refresher
-            app[app_token_key] = services.app_token
             yield
     return services_ctx
 

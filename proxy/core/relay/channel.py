@@ -3,7 +3,8 @@
 A :class:`GrantChannel` holds, for one grant:
 
 - the widgets listening (each an :class:`~proxy.core.relay.stream.Outbox`) and
-  the grant's :class:`~proxy.core.relay.stream.ResumeBuffer`;
+  the grant's :class:`~proxy.core.relay.stream.EventLog` (the resume buffer in
+  one process; on Redis, the leader's log that publishes each event);
 - the subscriptions they want, one entry per (type, version, condition) with
   the widgets that want it: the first widget creates it at Twitch, the last
   one to leave deletes it ``grace`` seconds later (a reloading widget does not

@@ -60,6 +60,7 @@ from .settings import (
     RelayObserver,
     RelaySettings,
     SubscriptionApi,
+    gap_cause,
 )
 from .stream import Outbox, encode_frame
 
@@ -154,7 +155,7 @@ class RedisRelay:
                                                last_event_id, max_age=self.settings.buffer_age)
             self._observer.delivered(delivered)
             if gap is not None:
-                self._observer.gap_sent(gap, 1)
+                self._observer.gap_sent(gap_cause(gap), 1)
 
     # -- the channels ------------------------------------------------------------------
 
@@ -215,7 +216,7 @@ class RedisRelay:
         streams = sum(widget.offer(position, event_id, entry, frame)
                       for widget in grant.widgets.values())
         if entry.event == "gap":
-            self._observer.gap_sent(str(entry.data.get("reason")), streams)
+            self._observer.gap_sent(gap_cause(str(entry.data.get("reason"))), streams)
         elif streams:
             self._observer.delivered(streams)
 

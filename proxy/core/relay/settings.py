@@ -19,8 +19,8 @@ from ...upstream.eventsub import EventSubMessage
 from .catalog import SubscriptionKey
 from .subscriptions import CreatedSubscription
 
-__all__ = ["ChannelState", "EventSubConnection", "NoObserver", "RelayObserver", "RelaySettings",
-           "SubscriptionApi"]
+__all__ = ["GAP_CAUSES", "ChannelState", "EventSubConnection", "NoObserver", "RelayObserver",
+           "RelaySettings", "SubscriptionApi", "gap_cause"]
 
 
 class EventSubConnection(Protocol):
@@ -85,6 +85,18 @@ class RelayObserver(Protocol):
 
     def gap_sent(self, cause: str, streams: int) -> None:
         """A ``gap`` event went to ``streams`` widget streams."""
+
+
+#: Why widgets were sent a ``gap``, as counted: a Twitch session lost (whatever ended it), a
+#: ``Last-Event-ID`` no longer kept, Redis unreachable, or the leading process gone.
+GAP_CAUSES = ("session_lost", "resume_unavailable", "store_unavailable", "leader_lost")
+
+
+def gap_cause(reason: str) -> str:
+    """The counted cause (one of :data:`GAP_CAUSES`) of a ``gap`` event's ``reason``."""
+    if reason in GAP_CAUSES:
+        return reason
+    return "leader_lost" if reason == "lease_lost" else "session_lost"
 
 
 class NoObserver:

@@ -29,8 +29,7 @@ from typing import Any, Protocol
 
 from .catalog import SubscriptionKey
 
-__all__ = ["BufferedEvent", "EventLog", "Outbox", "ResumeBuffer", "encode_comment",
-           "encode_frame"]
+__all__ = ["BufferedEvent", "EventLog", "Outbox", "ResumeBuffer", "encode_frame"]
 
 
 def encode_frame(event: str, data: dict[str, Any], *, event_id: str | None = None,
@@ -46,11 +45,6 @@ def encode_frame(event: str, data: dict[str, Any], *, event_id: str | None = Non
     parts.append(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
     parts.append("\n\n")
     return "".join(parts).encode()
-
-
-def encode_comment(text: str) -> bytes:
-    """A comment line, ignored by EventSource: keeps idle connections open."""
-    return f": {text}\n\n".encode()
 
 
 @dataclass(frozen=True, slots=True)

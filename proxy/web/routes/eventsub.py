@@ -2,16 +2,18 @@
 
 ``GET /eventsub?type=channel.follow:2&type=channel.subscribe:1`` answers a
 ``text/event-stream`` (Server-Sent Events, through aiohttp-sse) fed by the
-grant's EventSub session (:mod:`proxy.core.relay.local`):
+grant's EventSub session (:mod:`proxy.core.relay`: in this process, or led by
+one process of several on Redis):
 
 - ``event:`` the subscription type, ``id:`` a resumable event id, ``data:``
   Twitch's ``event`` object plus ``subscription_type`` and
   ``subscription_version``;
 - typed control events: ``revoked`` (Twitch's status), ``gap`` (events were
-  missed: a reconnect to Twitch, or a ``Last-Event-ID`` older than the
-  buffer), ``reauthorization_required`` (with ``login_url``) and ``error``
-  (a subscription refused, by Twitch with its status and message, or by the
-  proxy's own limits);
+  missed, with the ``reason``: a lost Twitch session, a ``Last-Event-ID``
+  older than the buffer, Redis unreachable, the leading process gone),
+  ``reauthorization_required`` (with ``login_url``), ``access_revoked`` (the
+  key or grant was revoked) and ``error`` (a subscription refused, by Twitch
+  with its status and message, or by the proxy's own limits);
 - ``retry:`` at the start, and a comment line every ``heartbeat`` seconds
   (Heroku's router closes a response that sent nothing for 55 s);
 - ``Last-Event-ID`` (the header a reconnecting ``EventSource`` sends, or the
@@ -51,7 +53,6 @@ from aiohttp_sse import EventSourceResponse
 from ...config import Config
 from ...core.credential import proxy_key_in
 from ...core.grant_records import ACTIVE, Grant
-from ...core.relay.access import StreamAccess
 from ...core.relay.backend import NEEDS_REDIS, RelayBackend, relay_mode
 from ...core.relay.catalog import CONDITION_FIELDS, check_request, resolve_subscriptions
 from ...core.relay.local import Relay, RelaySettings
@@ -134,8 +135,8 @@ class _EventSubRoutes:
     """The two handlers, over the services and the relay built at start-up."""
 
     def __init__(self, services: Services, options: EventSubOptions) -> None:
-        self._services = services
-        self._options = options
+        self.services = services
+        self.options = options
         self.tickets: TicketBook | None = None  # built with the relay, at start-up
         self._streams_per_grant = services.config.limits.eventsub_streams_per_grant
         self.relay: RelayBackend | None = None
@@ -148,7 +149,7 @@ class _EventSubRoutes:
         if self.refused:
             log.warning("live events are off: %s", NEEDS_REDIS)
             return None
-        services, options = self._services, self._options
+        services, options = self.services, self.options
         config = services.config
         api = HelixSubscriptions(services.helix_caller, helix_url=config.twitch.helix_url,
                                  refresher=services.refresher, grants=services.grants,
@@ -213,7 +214,7 @@ class _EventSubRoutes:
         if not grant.user_id:
             raise InvalidRequest("This grant's Twitch user is not known yet; log in again.")
         keys = resolve_subscriptions(types, conditions, user_id=grant.user_id)
-        relay, access = self.relay, self._services.stream_access
+        relay, access = self.relay, self.services.stream_access
         if relay is None:
             raise web.HTTPServiceUnavailable(reason="starting")  # pragma: no cover
         if access.streams_of(grant.grant_id) >= self._streams_per_grant:
@@ -223,11 +224,11 @@ class _EventSubRoutes:
         note_grant(grant.grant_id)  # the request log names the grant, never the key
         last_event_id = request.headers.get("Last-Event-ID") or query.get("last_event_id")
 
-        response = EventSourceResponse(ping_interval=self._options.heartbeat)
+        response = EventSourceResponse(ping_interval=self.options.heartbeat)
         response.headers["Cache-Control"] = "no-store"
         put_request_id(request, response)
         await response.prepare(request)
-        await response.write(f"retry: {self._options.retry_ms}\n: connected\n\n".encode())
+        await response.write(f"retry: {self.options.retry_ms}\n: connected\n\n".encode())
         outbox = relay.attach(grant.grant_id, grant.user_id, keys, last_event_id)
         # Revoking the key ends the stream; a widget that left is noticed within a second.
         access.add(key, grant.grant_id, outbox, gone=lambda: _closed(request))
@@ -271,8 +272,8 @@ class _EventSubRoutes:
                 raise InvalidTicket("This ticket is unknown, used or expired: get a new one "
                                     "from POST /eventsub/tickets.")
         grant = await self._grant_of(key)
-        grants = self._services.grants
-        fresh = await self._services.refresher.ensure_fresh(grant)
+        grants = self.services.grants
+        fresh = await self.services.refresher.ensure_fresh(grant)
         if fresh is not grant:
             grants.remember(fresh)
         return key, fresh
@@ -285,14 +286,6 @@ class _EventSubRoutes:
             raise InvalidTicket("This ticket is unknown, used or expired: get a new one "
                                 "from POST /eventsub/tickets.")
 
-    def stream_access(self) -> StreamAccess:
-        """The register of open streams (opened with the services)."""
-        return self._services.stream_access
-
-    def build_tickets(self) -> TicketBook:
-        """The ticket book, on the opened grant store (every worker sees every ticket)."""
-        return TicketBook(self._services.grants, ttl=self._options.ticket_ttl)
-
     @staticmethod
     def _started(tickets: TicketBook | None) -> TicketBook:
         if tickets is None:
@@ -300,20 +293,21 @@ class _EventSubRoutes:
         return tickets
 
     async def _grant_of(self, key: str) -> Grant:
-        grant = await self._services.grants.grant_for_key(key)
+        grant = await self.services.grants.grant_for_key(key)
         if grant is None:
             raise InvalidProxyKey("This proxy key is unknown or was revoked.")
         if grant.state != ACTIVE:
             raise ReauthorizationRequired("Twitch no longer accepts this grant: log in again.",
-                                          login_url=self._services.config.server.login_url)
+                                          login_url=self.services.config.server.login_url)
         return grant
 
 
 def _relay_ctx(routes: _EventSubRoutes) -> Callable[[web.Application], AsyncIterator[None]]:
     async def eventsub_relay_ctx(app: web.Application) -> AsyncIterator[None]:
         routes.relay = routes.build_relay()
-        routes.tickets = routes.build_tickets()
-        access = routes.stream_access()
+        # On the opened grant store: every worker sees every ticket.
+        routes.tickets = TicketBook(routes.services.grants, ttl=routes.options.ticket_ttl)
+        access = routes.services.stream_access
         access.start()
         yield
         await access.aclose()

@@ -32,11 +32,10 @@ from aiohttp import web
 from ...core.credential import bearer_token
 from ...core.grant_records import ACTIVE, NEEDS_REAUTH
 from ...core.grants import GrantStore
-from ...errors import Forbidden
+from ...errors import Forbidden, Unauthorized
 from ...services import Services
 from ...telemetry.metrics import CONTENT_TYPE, Metrics
 from ..forwarded import is_loopback_client
-from ..middleware.errors import json_error
 
 __all__ = ["GrantCounter", "setup_metrics"]
 
@@ -84,9 +83,8 @@ def setup_metrics(app: web.Application, services: Services) -> None:
         if token:
             given = bearer_token(request.headers.get("Authorization", ""))
             if given is None or not _same_secret(given, token.reveal()):
-                return json_error(401, "unauthorized",
-                                  "Send Authorization: Bearer <METRICS_TOKEN>.",
-                                  headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+                raise Unauthorized("Send Authorization: Bearer <METRICS_TOKEN>.",
+                                   realm="metrics")
         elif not is_loopback_client(request):
             raise Forbidden("Without METRICS_TOKEN, /metrics answers only requests from this "
                             "host; set METRICS_TOKEN to scrape from elsewhere.")

@@ -34,13 +34,6 @@ def test_every_field_has_one_row_with_its_default() -> None:
     assert "| `store.redis_tls_verify` | `REDIS_TLS_VERIFY` | `true` |" in tables
 
 
-def test_no_secret_default_is_printed() -> None:
-    tables = reference_tables()
-    for line in tables.splitlines():
-        if "`twitch.client_secret`" in line or "`metrics.token`" in line:
-            assert "Secret(" not in line and "***" not in line
-
-
 def test_eventsub_settings_are_checked(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("")

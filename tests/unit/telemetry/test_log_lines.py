@@ -83,3 +83,14 @@ def test_a_request_the_http_parser_refused_is_one_info_line(proxy_config):
                          "400 Invalid header value char")
     (entry,) = capture.json_lines()
     assert entry["level"] == "INFO" and "exception" not in entry
+
+
+def test_a_ticket_in_a_path_is_masked_like_a_key():
+    """A ticket pasted into a path (a 404 under /eventsub) never reaches the log whole."""
+    from proxy.telemetry.logs import redact
+
+    ticket = "tkt_" + "T1cketSecret-_" * 3
+    key = "tpk_" + "KeySecret0123456789"
+    line = redact(f"request path=/eventsub/{ticket} other=/x?ticket={ticket[4:]} k={key}")
+    assert ticket not in line and ticket[4:] not in line and key not in line
+    assert "path=/eventsub/tkt_***" in line

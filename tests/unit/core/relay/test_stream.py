@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from proxy.core.relay.catalog import SubscriptionKey
-from proxy.core.relay.stream import Outbox, ResumeBuffer, encode_comment, encode_frame
+from proxy.core.relay.stream import Outbox, ResumeBuffer, encode_frame
 
 FOLLOW = SubscriptionKey("channel.follow", "2", (("broadcaster_user_id", "1"),
                                                  ("moderator_user_id", "1")))
@@ -40,7 +40,6 @@ def test_a_frame_has_id_event_retry_and_one_data_line():
     assert fields["event"] == "channel.follow"
     assert fields["retry"] == "3000"
     assert json.loads(fields["data"]) == {"user_name": "a\nb", "n": 1}
-    assert encode_comment("keepalive") == b": keepalive\n\n"
 
 
 def test_buffer_numbers_events_and_replays_what_follows_an_id():

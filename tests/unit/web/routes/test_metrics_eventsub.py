@@ -141,3 +141,15 @@ async def test_a_resume_too_old_counts_a_gap(proxy, twitch_server):
     after = await scrape(proxy)
     assert sample(after, "eventsub_gaps_total", cause="resume_unavailable") \
         - sample(before, "eventsub_gaps_total", cause="resume_unavailable") == 1
+
+
+def test_the_gap_causes_the_metric_declares_are_the_relays():
+    """Telemetry imports nothing from core, so the two lists are compared here."""
+    from proxy.core.relay.settings import GAP_CAUSES as counted
+    from proxy.core.relay.settings import gap_cause
+    from proxy.telemetry.eventsub_metrics import GAP_CAUSES as declared
+
+    assert declared == counted
+    for reason in ("keepalive_timeout", "network", "closed", "lease_lost", "leader_lost",
+                   "store_unavailable", "resume_unavailable"):
+        assert gap_cause(reason) in declared
