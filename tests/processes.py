@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,42 @@ def stop(process: subprocess.Popen[str], sig: int | None = signal.SIGTERM,
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
     return process.returncode, output
+
+
+@dataclass
+class ProxyProcess:
+    """A ``python -m proxy`` started by :func:`spawn_proxy`: where it listens, its output."""
+
+    process: asyncio.subprocess.Process
+    base: URL
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+async def spawn_proxy(directory: Path, env: dict[str, str], *args: str) -> ProxyProcess:
+    """Start ``python -m proxy`` on a free port of 127.0.0.1, its output in ``directory``."""
+    port = free_port()
+    log = directory / f"proxy-{port}.log"
+    with log.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "--port", str(port),
+            "--public-url", f"http://127.0.0.1:{port}", *args,
+            cwd=directory, env=env, stdout=output, stderr=output)
+    return ProxyProcess(process, URL(f"http://127.0.0.1:{port}"), log)
+
+
+async def wait_spawned(proxy: ProxyProcess, session: aiohttp.ClientSession) -> None:
+    """Wait until ``proxy`` answers /healthz; fail with its output if it died or is slow."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            async with session.get(proxy.base / "healthz") as health:
+                if health.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        assert proxy.process.returncode is None, f"the proxy exited:\n{proxy.output()}"
+        assert time.monotonic() < deadline, f"the proxy did not start:\n{proxy.output()}"
+        await asyncio.sleep(0.1)

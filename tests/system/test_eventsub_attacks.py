@@ -20,7 +20,6 @@ from tests.system import test_eventsub_support as support
 from tests.system.test_eventsub_support import (
     ME,
     SCOPES,
-    Widget,
     control,
     grant_key,
     open_widget,
@@ -58,20 +57,6 @@ async def _subscribed(twitch_server, count: int) -> None:
     await settle(check)
 
 
-async def _rest_of(widget: Widget, seconds: float = 5.0) -> tuple[list[str], bool]:
-    """The events that come within ``seconds``, and whether the stream ended by then."""
-    names: list[str] = []
-    try:
-        async with asyncio.timeout(seconds):
-            while True:
-                try:
-                    names.append((await widget.next(seconds)).event)
-                except AssertionError:  # "the stream ended"
-                    return names, True
-    except TimeoutError:
-        return names, False
-
-
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -87,7 +72,7 @@ async def test_revoking_a_key_ends_the_streams_it_opened(proxy, twitch_server):
     assert (await proxy.post("/revoke", headers=_auth(key))).status == 200
     await control(twitch_server, "trigger", type="channel.follow")
     for widget in (by_header, by_ticket):  # a last event says why, then the stream ends
-        assert await _rest_of(widget) == (["access_revoked"], True)
+        assert await widget.rest() == (["access_revoked"], True)
 
 
 async def test_revoking_the_grant_at_twitch_ends_every_stream_of_the_grant(proxy,
@@ -100,7 +85,7 @@ async def test_revoking_the_grant_at_twitch_ends_every_stream_of_the_grant(proxy
     assert revoked.status == 200
     await control(twitch_server, "trigger", type="channel.follow")
     for widget in widgets:
-        assert await _rest_of(widget) == (["access_revoked"], True)
+        assert await widget.rest() == (["access_revoked"], True)
 
 
 async def test_a_grant_found_needing_a_login_ends_its_open_streams(proxy, twitch_server,
@@ -113,7 +98,7 @@ async def test_a_grant_found_needing_a_login_ends_its_open_streams(proxy, twitch
     answer = await proxy.get("/helix/users", headers=_auth(key))
     assert answer.status == 401
     assert (await answer.json())["error"] == "reauthorization_required"
-    assert await _rest_of(widget) == (["reauthorization_required"], True)
+    assert await widget.rest() == (["reauthorization_required"], True)
 
 
 # -- tickets ----------------------------------------------------------------------------

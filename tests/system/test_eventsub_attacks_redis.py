@@ -73,20 +73,6 @@ async def _follows(widget: Widget, count: int, seconds: float = 10) -> list[str]
     return [event.data["user_name"] for event in events]
 
 
-async def _names_until_end(widget: Widget, seconds: float) -> tuple[list[str], bool]:
-    """The event names that come within ``seconds``, and whether the stream ended."""
-    names: list[str] = []
-    try:
-        async with asyncio.timeout(seconds):
-            while True:
-                try:
-                    names.append((await widget.next(seconds)).event)
-                except AssertionError:  # "the stream ended"
-                    return names, True
-    except TimeoutError:
-        return names, False
-
-
 async def _redis_dump(cluster: Cluster) -> dict[str, tuple[int, bytes]]:
     """Every key under the cluster's prefix: (its TTL in ms, its value as bytes)."""
     client = redis.asyncio.Redis.from_url(cluster.redis_url)
@@ -168,7 +154,7 @@ async def test_revoking_a_key_in_one_process_ends_its_streams_in_the_other(clust
                             headers={"Authorization": f"Bearer {doomed}"}) as revoked:
         assert revoked.status == 200, await revoked.text()
     for widget in (by_header, by_ticket):
-        names, ended = await _names_until_end(widget, 10)
+        names, ended = await widget.rest(10)
         assert (names, ended) == (["access_revoked"], True)
     await trigger(cluster, ["after"])
     assert await _follows(staying, 1) == ["after"]
@@ -249,7 +235,7 @@ async def test_a_widget_resuming_after_a_new_login_gets_events_not_the_old_end(
     mock.expire_access_tokens(ME)
     mock.revoke_refresh_tokens(ME)  # the user disconnected the app at Twitch
     await open_stream(session, cluster, second, key, "channel.subscribe:1")
-    names, ended = await _names_until_end(widget, 15)
+    names, ended = await widget.rest(15)
     assert (names, ended) == (["reauthorization_required"], True)
     resume_from = widget.last_id  # what its EventSource sends when it reconnects
 
@@ -258,7 +244,7 @@ async def test_a_widget_resuming_after_a_new_login_gets_events_not_the_old_end(
                              resume_from=resume_from)
     await _subscriptions(cluster, 1)
     await trigger(cluster, ["after"])
-    names, ended = await _names_until_end(back, 5)
+    names, ended = await back.rest(5)
     assert not ended
     assert names == ["channel.follow"], names
 
@@ -324,7 +310,7 @@ async def test_revoking_a_grant_in_one_process_ends_every_stream_and_its_twitch_
                             headers={"Authorization": f"Bearer {other}"}) as revoked:
         assert revoked.status == 200, await revoked.text()
     for widget in doomed:
-        names, ended = await _names_until_end(widget, 10)
+        names, ended = await widget.rest(10)
         assert ended and names[-1:] == ["access_revoked"], names
 
     async def only_the_rivals_socket() -> bool:

@@ -20,6 +20,8 @@ from tests.processes import browser_login, free_port, mock_environ, start_proxy,
 from tests.system import test_eventsub_redis_support as support
 from tests.system.test_eventsub_redis_support import (
     Cluster,
+    Follows,
+    leads,
     open_stream,
     sockets_at_twitch,
     trigger,
@@ -84,7 +86,7 @@ async def test_one_twitch_socket_and_every_event_once_to_widgets_on_every_proces
         watcher.cancel()
     assert received == [names] * len(widgets), cluster.outputs()
     assert set(sockets) == {1}  # one socket for the grant, whichever process holds it
-    assert sum(proxy.leads() for proxy in proxies) == 1
+    assert sum(leads(proxy) for proxy in proxies) == 1
     # Exactly once: the next thing on every stream is the next notification.
     await trigger(cluster, ["last"])
     assert await asyncio.gather(*(_names(widget, 1) for widget in widgets)) == \
@@ -149,24 +151,14 @@ async def test_twitchs_session_reconnect_under_a_stream_loses_and_doubles_nothin
     widgets = [await open_stream(session, cluster, proxy, key, "channel.follow:2")
                for proxy in (first, second)]
     await _one_subscription(cluster)
-    names: list[str] = []
-
-    async def follow_continuously() -> None:
-        while True:
-            names.append(f"n{len(names)}")
-            await cluster.control("trigger", type="channel.follow",
-                                  event={"user_name": names[-1]})
-            await asyncio.sleep(0.02)
-
-    follows = asyncio.ensure_future(follow_continuously())
+    follows = Follows(cluster, "n")
     try:
         await asyncio.sleep(0.2)
         moved = await cluster.control("reconnect")
         assert len(moved["reconnect_urls"]) == 1
         await asyncio.sleep(0.5)
     finally:
-        follows.cancel()
-        await asyncio.gather(follows, return_exceptions=True)
+        names = await follows.stop()
     await _one_subscription(cluster)  # the old socket closed once the new one welcomed
     for widget in widgets:
         assert await _names(widget, len(names)) == names

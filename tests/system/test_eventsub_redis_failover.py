@@ -16,7 +16,9 @@ from tests.processes import browser_login
 from tests.system import test_eventsub_redis_support as support
 from tests.system.test_eventsub_redis_support import (
     Cluster,
+    Follows,
     ProxyProcess,
+    leads,
     open_stream,
     sockets_at_twitch,
     trigger,
@@ -58,8 +60,8 @@ async def _spread(cluster: Cluster, session) -> tuple[ProxyProcess, ProxyProcess
     await trigger(cluster, ["before"])
     for widget in on_first + on_second:
         assert await _follows(widget, 1) == ["before"]
-    assert [first.leads(), second.leads()].count(True) == 1, cluster.outputs()
-    if first.leads():
+    assert [leads(first), leads(second)].count(True) == 1, cluster.outputs()
+    if leads(first):
         return first, second, on_first, on_second
     return second, first, on_second, on_first
 
@@ -87,7 +89,7 @@ async def test_a_killed_leader_is_replaced_and_its_widgets_elsewhere_get_a_gap(
         new_sessions = await _subscribed_once(cluster)
     finally:
         watcher.cancel()
-    assert follower.leads(), follower.output()
+    assert leads(follower), follower.output()
     assert "previous leader died" in follower.output()
     assert set(new_sessions).isdisjoint(old_sessions)  # a new Twitch session
     assert max(sockets) == 1  # never two sockets for the grant
@@ -105,19 +107,13 @@ async def test_a_killed_leader_is_replaced_and_its_widgets_elsewhere_get_a_gap(
 async def test_a_leader_stopped_with_sigterm_hands_over_without_losing_an_event(
         cluster, session):
     leader, follower, leaving, staying = await _spread(cluster, session)
-    names: list[str] = []
     sockets: list[int] = []
 
-    async def follow_continuously() -> None:
-        """A follow every 20 ms, whichever sessions hold the subscription meanwhile."""
-        while True:
-            names.append(f"during{len(names)}")
-            await cluster.control("trigger", type="channel.follow",
-                                  event={"user_name": names[-1]})
-            sockets.append(await sockets_at_twitch(cluster))
-            await asyncio.sleep(0.02)
+    async def count_sockets() -> None:
+        sockets.append(await sockets_at_twitch(cluster))
 
-    follows = asyncio.ensure_future(follow_continuously())
+    # A follow every 20 ms, whichever sessions hold the subscription meanwhile.
+    follows = Follows(cluster, "during", after_each=count_sockets)
     try:
         await asyncio.sleep(0.2)
         leader.process.send_signal(signal.SIGTERM)
@@ -125,10 +121,9 @@ async def test_a_leader_stopped_with_sigterm_hands_over_without_losing_an_event(
         await _subscribed_once(cluster)  # the old session is gone, the new one subscribed
         await asyncio.sleep(0.2)
     finally:
-        follows.cancel()
-        await asyncio.gather(follows, return_exceptions=True)
+        names = await follows.stop()
     assert "no longer leads (shutdown, handed over)" in leader.output()
-    assert follower.leads(), follower.output()
+    assert leads(follower), follower.output()
     assert "previous leader died" not in follower.output()
     for widget in leaving:
         assert await widget.ended(10)

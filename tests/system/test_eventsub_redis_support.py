@@ -11,10 +11,8 @@ controls the test drives. Widgets are plain HTTP clients of ``/eventsub``
 from __future__ import annotations
 
 import asyncio
-import sys
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,33 +25,22 @@ from cryptography.fernet import Fernet
 from yarl import URL
 
 from proxy.mock_twitch.eventsub_state import ws_url
-from tests.processes import START_TIMEOUT, free_port, mock_environ
+from tests.processes import ProxyProcess, mock_environ, spawn_proxy, wait_spawned
 from tests.system.test_eventsub_support import SCOPES, Widget
 
-__all__ = ["Cluster", "ProxyProcess", "cluster", "open_stream", "session", "sockets_at_twitch",
-           "trigger"]
+__all__ = ["Cluster", "Follows", "ProxyProcess", "cluster", "leads", "open_stream", "session",
+           "sockets_at_twitch", "trigger"]
 
 #: Seconds a lease lasts in these tests, and how often it is renewed.
 LEASE = 2.0
 RENEW = 0.5
 
 
-@dataclass
-class ProxyProcess:
-    """One ``python -m proxy`` process, where it listens and its output file."""
-
-    process: asyncio.subprocess.Process
-    base: URL
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def leads(self) -> bool:
-        """Whether it took a grant's lease (and has not said it gave it up since)."""
-        lines = [line for line in self.output().splitlines()
-                 if "this process leads" in line or "this process no longer leads" in line]
-        return bool(lines) and "this process leads" in lines[-1]
+def leads(proxy: ProxyProcess) -> bool:
+    """Whether it took a grant's lease (and has not said it gave it up since)."""
+    lines = [line for line in proxy.output().splitlines()
+             if "this process leads" in line or "this process no longer leads" in line]
+    return bool(lines) and "this process leads" in lines[-1]
 
 
 @dataclass
@@ -74,34 +61,13 @@ class Cluster:
                     workers: int = 1) -> list[ProxyProcess]:
         """``count`` processes, each of ``workers`` gunicorn workers when more than one."""
         started = [await self._spawn(workers) for _ in range(count)]
-        await asyncio.gather(*(self._wait_ready(p, session) for p in started))
+        await asyncio.gather(*(wait_spawned(p, session) for p in started))
         return started
 
     async def _spawn(self, workers: int) -> ProxyProcess:
-        port = free_port()
-        log = self.directory / f"proxy-{port}.log"
-        with log.open("wb") as output:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy", "--port", str(port),
-                "--public-url", f"http://127.0.0.1:{port}", "--workers", str(workers),
-                cwd=self.directory, env=self.env, stdout=output, stderr=output)
-        started = ProxyProcess(process, URL(f"http://127.0.0.1:{port}"), log)
+        started = await spawn_proxy(self.directory, self.env, "--workers", str(workers))
         self.processes.append(started)
         return started
-
-    @staticmethod
-    async def _wait_ready(proxy: ProxyProcess, session: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                async with session.get(proxy.base / "healthz") as health:
-                    if health.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert proxy.process.returncode is None, f"the proxy exited:\n{proxy.output()}"
-            assert time.monotonic() < deadline, f"the proxy did not start:\n{proxy.output()}"
-            await asyncio.sleep(0.1)
 
     def outputs(self) -> str:
         return "\n".join(p.output() for p in self.processes)
@@ -188,6 +154,38 @@ async def trigger(cluster: Cluster, names: list[str]) -> None:
         sent = await cluster.control("trigger", type="channel.follow",
                                      event={"user_name": name})
         assert len(sent["sent"]) == 1, sent
+
+
+class Follows:
+    """A follow every ``period`` seconds, each with the next name of :attr:`names`.
+
+    :meth:`stop` lets the follow in flight finish rather than cancelling it, so
+    every name listed was sent (a cancelled trigger may or may not have reached
+    the mock, and a test counting on the list would then wait for an event that
+    never came).
+    """
+
+    def __init__(self, cluster: Cluster, prefix: str, *, period: float = 0.02,
+                 after_each: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.names: list[str] = []
+        self._stopping = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run(cluster, prefix, period, after_each))
+
+    async def _run(self, cluster: Cluster, prefix: str, period: float,
+                   after_each: Callable[[], Awaitable[None]] | None) -> None:
+        while not self._stopping.is_set():
+            name = f"{prefix}{len(self.names)}"
+            await cluster.control("trigger", type="channel.follow", event={"user_name": name})
+            self.names.append(name)
+            if after_each is not None:
+                await after_each()
+            await asyncio.sleep(period)
+
+    async def stop(self) -> list[str]:
+        """Stop after the follow in flight; every name sent, in order."""
+        self._stopping.set()
+        await self._task
+        return self.names
 
 
 async def wait_for(check, *, seconds: float = 20.0, every: float = 0.05) -> None:

@@ -133,6 +133,19 @@ class Widget:
     async def events(self, count: int, seconds: float = 20.0) -> list[Event]:
         return [await self.next(seconds) for _ in range(count)]
 
+    async def rest(self, seconds: float = 5.0) -> tuple[list[str], bool]:
+        """The names of the events that come within ``seconds``, and whether it ended by then."""
+        names: list[str] = []
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    try:
+                        names.append((await self.next(seconds)).event)
+                    except AssertionError:  # "the stream ended"
+                        return names, True
+        except TimeoutError:
+            return names, False
+
     async def ended(self, seconds: float = 20.0) -> bool:
         """Whether the stream ends (after any events still to come, which are dropped)."""
         async with asyncio.timeout(seconds):

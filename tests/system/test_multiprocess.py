@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,31 +26,12 @@ from proxy.config import Config, load_config
 from proxy.core.grants import GrantStore
 from proxy.services import cipher_for
 from proxy.store import open_store
+from tests.processes import ProxyProcess, spawn_proxy, wait_spawned
 
-#: A busy 2-core machine can take a while to import and start a process.
-START_TIMEOUT = 60.0
 #: The proxy's own variables, dropped from the environment the processes inherit.
 _PROXY_VARIABLES = ("TWITCH_", "TOKEN_", "REDIS_URL", "PROXY_CONFIG", "PORT", "HOST",
                     "PUBLIC_URL", "WEB_CONCURRENCY", "LOG_")
 USER_ID = "141981764"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ProxyProcess:
-    """One ``python -m proxy`` process and where it listens."""
-
-    process: asyncio.subprocess.Process
-    base: URL
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @dataclass
@@ -67,35 +45,13 @@ class Deployment:
 
     async def start(self, count: int, session: aiohttp.ClientSession) -> list[ProxyProcess]:
         started = [await self._spawn() for _ in range(count)]
-        await asyncio.gather(*(self._wait_ready(p, session) for p in started))
+        await asyncio.gather(*(wait_spawned(p, session) for p in started))
         return started
 
     async def _spawn(self) -> ProxyProcess:
-        port = _free_port()
-        log = self.directory / f"proxy-{port}.log"
-        with log.open("wb") as output:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy", "--port", str(port),
-                "--public-url", f"http://127.0.0.1:{port}",
-                cwd=self.directory, env=self.env, stdout=output, stderr=output,
-            )
-        started = ProxyProcess(process, URL(f"http://127.0.0.1:{port}"), log)
+        started = await spawn_proxy(self.directory, self.env)
         self.processes.append(started)
         return started
-
-    @staticmethod
-    async def _wait_ready(proxy: ProxyProcess, session: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                async with session.get(proxy.base / "healthz") as health:
-                    if health.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert proxy.process.returncode is None, f"the proxy exited:\n{proxy.output()}"
-            assert time.monotonic() < deadline, f"the proxy did not start:\n{proxy.output()}"
-            await asyncio.sleep(0.1)
 
     async def grant_refresh_token(self, user_id: str) -> str:
         """The refresh token the shared store holds for a user (read as a server would)."""
