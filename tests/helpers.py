@@ -83,3 +83,16 @@ async def seed_grants(config: Any, mock: MockTwitch, count: int) -> list[Any]:
     finally:
         await store.close()
     return seeded
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header for a proxy key or a token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def grant_of_key(proxy: TestClient, proxy_key: str) -> Any:
+    """The grant a proxy key opens, read from the running app's grant store."""
+    from proxy.web.keys import grants_key
+
+    grants = proxy.app[grants_key]
+    return await grants.get((await grants.key_record(proxy_key)).grant_id)

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from yarl import URL
 
-from proxy.web.keys import grants_key, store_key
-from tests.helpers import login
+from proxy.web.keys import store_key
+from tests.helpers import bearer, login
 
 VICTIM = "141981764"  # twitchdev, the mock's signed-in user
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def pair(access_token: str, refresh_token: str) -> dict[str, str]:
@@ -35,12 +32,6 @@ async def login_and_adopt(proxy) -> tuple[dict, dict[str, str]]:
 
 async def stored(proxy, prefix: str) -> list[str]:
     return await proxy.app[store_key].keys(prefix)
-
-
-async def grant_of_key(proxy, key: str):
-    grants = proxy.app[grants_key]
-    record = await grants.key_record(key)
-    return await grants.get(record.grant_id)
 
 
 def secrets_in(body: object, *tokens: str) -> list[str]:

@@ -173,9 +173,6 @@ class FaultyUpstream:
         await writer.drain()
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
 
 async def second_login(proxy, mock) -> dict:
     mock.add_user(*SECOND_USER)

@@ -11,12 +11,10 @@ import asyncio
 import pytest
 from yarl import URL
 
-from tests.helpers import login
+from tests.helpers import bearer, grant_of_key, login
 from tests.system.credential_attacks import (
     VICTIM,
     authorized_callback,
-    bearer,
-    grant_of_key,
     login_and_adopt,
     secrets_in,
     stored,

@@ -11,11 +11,9 @@ import asyncio
 import pytest
 
 from proxy.web.keys import grants_key
-from tests.helpers import login
+from tests.helpers import bearer, grant_of_key, login
 from tests.system.credential_attacks import (
     VICTIM,
-    bearer,
-    grant_of_key,
     login_and_adopt,
     pair,
     secrets_in,

@@ -10,12 +10,10 @@ import asyncio
 import pytest
 
 from proxy.web.keys import grants_key
-from tests.helpers import login
+from tests.helpers import bearer, grant_of_key, login
 from tests.system.credential_attacks import (
     VICTIM,
-    bearer,
     expiry_of_alias,
-    grant_of_key,
     login_and_adopt,
     pair,
     secrets_in,

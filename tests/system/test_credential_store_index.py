@@ -8,12 +8,10 @@ from __future__ import annotations
 import pytest
 
 from proxy.web.keys import grants_key, store_key
-from tests.helpers import login
+from tests.helpers import bearer, grant_of_key, login
 from tests.system.credential_attacks import (
     VICTIM,
     authorized_callback,
-    bearer,
-    grant_of_key,
     pair,
     secrets_in,
 )

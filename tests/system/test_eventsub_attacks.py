@@ -16,6 +16,7 @@ import logging
 import aiohttp
 import pytest
 
+from tests.helpers import bearer
 from tests.system import test_eventsub_support as support
 from tests.system.test_eventsub_support import (
     ME,
@@ -57,9 +58,6 @@ async def _subscribed(twitch_server, count: int) -> None:
     await settle(check)
 
 
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
 
 # -- a revoked key, grant or login ends streams already open ---------------------------
 
@@ -69,7 +67,7 @@ async def test_revoking_a_key_ends_the_streams_it_opened(proxy, twitch_server):
     by_header = await open_widget(proxy, "channel.follow:2", key=key)
     by_ticket = await open_widget(proxy, "channel.follow:2", ticket=await _ticket(proxy, key))
     await _subscribed(twitch_server, 1)
-    assert (await proxy.post("/revoke", headers=_auth(key))).status == 200
+    assert (await proxy.post("/revoke", headers=bearer(key))).status == 200
     await control(twitch_server, "trigger", type="channel.follow")
     for widget in (by_header, by_ticket):  # a last event says why, then the stream ends
         assert await widget.rest() == (["access_revoked"], True)
@@ -81,7 +79,7 @@ async def test_revoking_the_grant_at_twitch_ends_every_stream_of_the_grant(proxy
     second = (await grant_key(proxy))["proxy_key"]  # another key of the same grant
     widgets = [await open_widget(proxy, "channel.follow:2", key=key) for key in (first, second)]
     await _subscribed(twitch_server, 1)
-    revoked = await proxy.post("/revoke", params={"twitch": "true"}, headers=_auth(first))
+    revoked = await proxy.post("/revoke", params={"twitch": "true"}, headers=bearer(first))
     assert revoked.status == 200
     await control(twitch_server, "trigger", type="channel.follow")
     for widget in widgets:
@@ -95,7 +93,7 @@ async def test_a_grant_found_needing_a_login_ends_its_open_streams(proxy, twitch
     await _subscribed(twitch_server, 1)
     mock.expire_access_tokens(ME)
     mock.revoke_refresh_tokens(ME)  # the user disconnected the app at Twitch
-    answer = await proxy.get("/helix/users", headers=_auth(key))
+    answer = await proxy.get("/helix/users", headers=bearer(key))
     assert answer.status == 401
     assert (await answer.json())["error"] == "reauthorization_required"
     assert await widget.rest() == (["reauthorization_required"], True)
@@ -173,7 +171,7 @@ async def test_one_key_cannot_evict_another_grants_tickets(proxy, mock):
         url = proxy.make_url("/eventsub/tickets")
 
         async def issue() -> int:
-            async with session.post(url, headers=_auth(rival)) as answer:
+            async with session.post(url, headers=bearer(rival)) as answer:
                 return answer.status
         for _ in range(20):
             statuses = await asyncio.gather(*(issue() for _ in range(500)))
@@ -189,7 +187,7 @@ async def test_one_key_cannot_mint_unbounded_tickets(proxy):
         url = proxy.make_url("/eventsub/tickets")
 
         async def issue() -> tuple[int, str]:
-            async with session.post(url, headers=_auth(key)) as answer:
+            async with session.post(url, headers=bearer(key)) as answer:
                 return answer.status, await answer.text()
         answers = await asyncio.gather(*(issue() for _ in range(2000)))
     refused = [(status, text) for status, text in answers if status != 201]
@@ -253,7 +251,7 @@ async def test_a_line_break_in_a_parameter_cannot_forge_a_log_line(proxy, caplog
     forged = "channel.follow:2\nroute=/eventsub status=200 grant_id=forged"
     for params in ({"type": forged}, {"type": "channel.follow:2", "last_event_id": forged},
                    {"type": "channel.follow:2", forged: "1"}):
-        answer = await proxy.get("/eventsub", params=params, headers=_auth(key))
+        answer = await proxy.get("/eventsub", params=params, headers=bearer(key))
         assert answer.status in (200, 400)
         answer.close()
     await asyncio.sleep(0.3)
@@ -301,7 +299,7 @@ async def test_conditions_naming_another_user_as_the_token_user_are_refused(prox
                     "broadcaster_user_id": RIVAL},
                    {"type": "channel.chat.message:1", "user_id": RIVAL},
                    {"type": "user.update:1", "user_id": RIVAL}):
-        answer = await proxy.get("/eventsub", params=params, headers=_auth(key))
+        answer = await proxy.get("/eventsub", params=params, headers=bearer(key))
         assert answer.status == 400, params
         assert (await answer.json())["error"] == "invalid_subscription"
 
@@ -330,7 +328,7 @@ async def test_one_key_cannot_hold_unbounded_streams(proxy):
         try:
             for _ in range(6):
                 batch = await asyncio.gather(*(
-                    session.get(url, params={"type": "channel.follow:2"}, headers=_auth(key))
+                    session.get(url, params={"type": "channel.follow:2"}, headers=bearer(key))
                     for _ in range(50)))
                 answers += batch
                 if any(answer.status != 200 for answer in batch):
@@ -346,7 +344,7 @@ async def test_one_key_cannot_hold_unbounded_streams(proxy):
 
 async def test_junk_types_and_resume_ids_are_bounded_4xx(proxy):
     key = (await grant_key(proxy))["proxy_key"]
-    auth = _auth(key)
+    auth = bearer(key)
     cases: list[tuple[list[tuple[str, str]], dict[str, str], int]] = [
         ([("type", "channel.follow:2")] * 21, {}, 400),
         ([("type", "x" * 5000)], {}, 400),
@@ -370,7 +368,7 @@ async def test_junk_types_and_resume_ids_are_bounded_4xx(proxy):
 
 async def test_the_stream_and_the_ticket_are_never_cached_nor_sniffed(proxy):
     key = (await grant_key(proxy))["proxy_key"]
-    answer = await proxy.post("/eventsub/tickets", headers={**_auth(key), "Origin": "null"})
+    answer = await proxy.post("/eventsub/tickets", headers={**bearer(key), "Origin": "null"})
     assert answer.headers["Cache-Control"] == "no-store"
     assert "Access-Control-Allow-Credentials" not in answer.headers
     assert "Set-Cookie" not in answer.headers

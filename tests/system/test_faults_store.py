@@ -19,8 +19,8 @@ from cryptography.fernet import Fernet
 from proxy.config import load_config
 from proxy.web.app import create_app
 from tests.conftest import _free_port, _redis_answers, _start_redis_server, _stop_redis_server
-from tests.helpers import login, proxy_config_flags
-from tests.system.faulty_upstream import bearer, grant_survived
+from tests.helpers import bearer, login, proxy_config_flags
+from tests.system.faulty_upstream import grant_survived
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,15 +19,8 @@ import pytest
 from proxy.config import load_config
 from proxy.core.grant_records import ACTIVE
 from proxy.web.app import create_app
-from tests.helpers import login, proxy_config_flags
-from tests.system.faulty_upstream import (
-    TIMEOUT,
-    FaultyUpstream,
-    bearer,
-    grant_of,
-    second_login,
-    secrets_of,
-)
+from tests.helpers import bearer, login, proxy_config_flags
+from tests.system.faulty_upstream import TIMEOUT, FaultyUpstream, grant_of, second_login, secrets_of
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,10 +7,6 @@ from proxy.web.app import create_app
 from tests.helpers import proxy_config_flags
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 async def rejected(reliability, response, status: int) -> dict:
     """Assert a JSON rejection with ``status``; count it."""
     body = await response.json()

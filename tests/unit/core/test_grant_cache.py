@@ -17,15 +17,12 @@ from proxy.config import load_config
 from proxy.core.grant_cache import GENERATION_KEY
 from proxy.web.app import create_app
 from proxy.web.keys import grant_cache_key, store_key
-from tests.helpers import login, proxy_config_flags
+from tests.helpers import bearer, login, proxy_config_flags
 
 #: Long enough that the background poll never runs during a test: tests call
 #: check_generation() (what the poll does) themselves, at a known moment.
 NO_POLL = {"store.cache_poll": 3600}
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 class CountingGets:

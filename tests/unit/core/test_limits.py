@@ -15,8 +15,8 @@ from proxy.core.limits import MAX_TRACKED_ADDRESSES, AbuseGuard, RateLimiter, To
 from proxy.errors import RateLimited
 from proxy.web.forwarded import client_address
 from proxy.web.keys import abuse_guard_key, config_key
-from tests.helpers import login, proxy_config_flags
-from tests.unit.core.limits_checks import bearer, proxy_with, rejected
+from tests.helpers import bearer, login, proxy_config_flags
+from tests.unit.core.limits_checks import proxy_with, rejected
 
 # -- the building blocks --------------------------------------------------------------
 

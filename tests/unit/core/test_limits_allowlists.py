@@ -15,8 +15,8 @@ from yarl import URL
 from proxy.web.keys import grants_key
 from proxy.web.routes.oauth import STATE_COOKIE
 from proxy.web.routes.pages import PAGE_HEADERS
-from tests.helpers import authorize, login
-from tests.unit.core.limits_checks import bearer, proxy_with, rejected
+from tests.helpers import authorize, bearer, login
+from tests.unit.core.limits_checks import proxy_with, rejected
 
 # -- allowlists ---------------------------------------------------------------------------
 

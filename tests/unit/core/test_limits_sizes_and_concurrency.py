@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from tests.helpers import login
-from tests.unit.core.limits_checks import bearer, proxy_with, rejected
+from tests.helpers import bearer, login
+from tests.unit.core.limits_checks import proxy_with, rejected
 
 # -- sizes -------------------------------------------------------------------------------
 

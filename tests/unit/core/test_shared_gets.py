@@ -13,12 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.config import load_config
 from proxy.upstream.shared_gets import SharedAnswer, SharedGets, cache_ttl
 from proxy.web.app import create_app
-from tests.helpers import login, proxy_config_flags
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
+from tests.helpers import bearer, login, proxy_config_flags
 
 # -- shared GETs ----------------------------------------------------------------------------
 

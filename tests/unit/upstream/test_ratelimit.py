@@ -9,11 +9,7 @@ from aiohttp import web
 
 from proxy.config import load_config
 from proxy.web.app import create_app
-from tests.helpers import login, proxy_config_flags
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.helpers import bearer, login, proxy_config_flags
 
 
 @pytest.fixture

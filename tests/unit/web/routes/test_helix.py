@@ -15,7 +15,7 @@ from yarl import URL
 
 from proxy.core.grant_records import NEEDS_REAUTH
 from proxy.web.keys import grants_key, refresher_key
-from tests.helpers import login
+from tests.helpers import bearer, grant_of_key, login
 
 SCOPES = "user:read:email user:write:chat"
 
@@ -31,13 +31,6 @@ async def key(proxy):
     return (await login(proxy))["proxy_key"]
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def get_grant(proxy, proxy_key):
-    grants = proxy.app[grants_key]
-    return await grants.get((await grants.key_record(proxy_key)).grant_id)
 
 
 # -- credential mode 1: proxy key --------------------------------------------------
@@ -50,7 +43,7 @@ async def test_proxy_key_get_users(proxy, mock, key):
     assert body["data"][0]["login"] == "twitchdev"
     sent = mock.helix_requests[-1]
     assert sent.headers["Client-Id"] == "mock-client-id"
-    grant = await get_grant(proxy, key)
+    grant = await grant_of_key(proxy, key)
     assert sent.headers["Authorization"] == f"Bearer {grant.access_token}"
     for header in ("Ratelimit-Limit", "Ratelimit-Remaining", "Ratelimit-Reset"):
         assert header in response.headers
@@ -173,18 +166,18 @@ async def test_unknown_helix_path_is_twitchs_404(proxy, mock, key):
 
 
 async def test_expired_token_refreshed_once_and_retried(proxy, mock, key):
-    old = (await get_grant(proxy, key)).access_token
+    old = (await grant_of_key(proxy, key)).access_token
     mock.expire_access_tokens()
     response = await proxy.get("/helix/users", headers=bearer(key))
     assert response.status == 200
     assert mock.calls["token:refresh_token"] == 1
     assert [r.headers["Authorization"] for r in mock.helix_requests[-2:]][0] == f"Bearer {old}"
-    new = (await get_grant(proxy, key)).access_token
+    new = (await grant_of_key(proxy, key)).access_token
     assert new != old and mock.helix_requests[-1].headers["Authorization"] == f"Bearer {new}"
 
 
 async def test_post_body_replayed_byte_for_byte(proxy, mock, key):
-    grant = await get_grant(proxy, key)
+    grant = await grant_of_key(proxy, key)
     body = json.dumps({"broadcaster_id": grant.user_id, "sender_id": grant.user_id,
                        "message": "héllo \u2603 {\"x\": [1,2]}"}, ensure_ascii=False).encode()
     mock.expire_access_tokens()
@@ -210,7 +203,7 @@ async def test_two_hundred_concurrent_requests_across_expiry(proxy, mock, key):
 
 async def test_token_past_stored_expiry_refreshed_before_request(proxy, mock, key):
     grants = proxy.app[grants_key]
-    grant = await get_grant(proxy, key)
+    grant = await grant_of_key(proxy, key)
     await grants.update(grant.grant_id, expires_at=time.time() + 30)  # inside the margin
     before = len(mock.helix_requests)
     response = await proxy.get("/helix/users", headers=bearer(key))
@@ -220,7 +213,7 @@ async def test_token_past_stored_expiry_refreshed_before_request(proxy, mock, ke
 
 
 async def test_missing_scope_401_is_passed_through_without_refresh(proxy, mock, key):
-    grant = await get_grant(proxy, key)
+    grant = await grant_of_key(proxy, key)
     response = await proxy.get(f"/helix/subscriptions?broadcaster_id={grant.user_id}",
                                headers=bearer(key))
     assert response.status == 401
@@ -240,7 +233,7 @@ async def test_unknown_401_message_asks_validate(proxy, mock, key):
 
 
 async def test_a_token_rotated_by_someone_else_is_retried_without_refreshing(proxy, mock, key):
-    grant = await get_grant(proxy, key)
+    grant = await grant_of_key(proxy, key)
     refresher = proxy.app[refresher_key]
     mock.expire_access_tokens()
     # Someone (another request, another process) rotates the grant first...
@@ -264,7 +257,7 @@ async def test_permanent_refresh_failure_needs_reauth(proxy, mock, key):
         "message": "Twitch no longer accepts this grant: log in again.",
         "login_url": "http://localhost:3000/login",
     }
-    assert (await get_grant(proxy, key)).state == NEEDS_REAUTH
+    assert (await grant_of_key(proxy, key)).state == NEEDS_REAUTH
     calls = mock.calls["token"]
     again = await proxy.get("/helix/users", headers=bearer(key))
     assert again.status == 401
@@ -274,14 +267,14 @@ async def test_permanent_refresh_failure_needs_reauth(proxy, mock, key):
 
 
 async def test_transient_refresh_failure_is_503_and_keeps_token(proxy, mock, key):
-    before = await get_grant(proxy, key)
+    before = await grant_of_key(proxy, key)
     mock.expire_access_tokens()
     mock.fail_next["token"] = [(500, {"status": 500, "message": "oops"})]
     response = await proxy.get("/helix/users", headers=bearer(key))
     assert response.status == 503
     assert int(response.headers["Retry-After"]) >= 1
     assert (await response.json())["error"] == "upstream_unavailable"
-    kept = await get_grant(proxy, key)
+    kept = await grant_of_key(proxy, key)
     assert kept.refresh_token == before.refresh_token and kept.state == "active"
     assert (await proxy.get("/helix/users", headers=bearer(key))).status == 200
 

@@ -8,10 +8,7 @@ import asyncio
 
 import pytest
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
+from tests.helpers import bearer
 
 # -- credential mode 2: an old widget's Twitch pair ----------------------------------
 

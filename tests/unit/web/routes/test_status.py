@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from proxy.web.keys import grants_key
-from tests.helpers import login
+from tests.helpers import bearer, grant_of_key, login
 
 SCOPES = "user:read:email user:write:chat"
 
@@ -23,13 +22,6 @@ async def key(proxy):
     return (await login(proxy))["proxy_key"]
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def get_grant(proxy, proxy_key):
-    grants = proxy.app[grants_key]
-    return await grants.get((await grants.key_record(proxy_key)).grant_id)
 
 
 async def test_status_json(proxy, mock, key):
@@ -40,12 +32,12 @@ async def test_status_json(proxy, mock, key):
     assert status["scopes"] == SCOPES.split()
     assert 14000 < status["expires_in"] <= 14124
     assert key not in json.dumps(status)
-    grant = await get_grant(proxy, key)
+    grant = await grant_of_key(proxy, key)
     assert grant.access_token not in json.dumps(status)
 
 
 async def test_revoke_with_twitch(proxy, mock, key):
-    grant = await get_grant(proxy, key)
+    grant = await grant_of_key(proxy, key)
     response = await proxy.post("/revoke?twitch=true", headers=bearer(key))
     assert response.status == 200
     assert (await response.json())["twitch_revoked"] is True
@@ -85,7 +77,7 @@ async def test_status_is_never_cached_and_says_where_to_log_in_again(proxy, mock
 
 async def test_revoke_without_twitch_ends_only_the_presented_key(proxy, mock, key):
     other = (await login(proxy))["proxy_key"]  # a second widget of the same user
-    grant = await get_grant(proxy, key)
+    grant = await grant_of_key(proxy, key)
     revoked_at_twitch = mock.calls["revoke"]  # the second login's spare tokens
 
     answer = await proxy.post("/revoke", headers=bearer(key))
