@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
 
 from proxy.mock_twitch import DEFAULT_USER_ID
 from tests.system import test_eventsub_support as support
+from tests.system.browser import browsing
 from tests.system.browser.browsing import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     KIT,
     WAIT_MS,
     Problems,
-    browser_missing,
     host_page,
     new_context,
     sandboxed_iframe,
@@ -35,10 +31,10 @@ from tests.system.browser.browsing import (
 )
 from tests.system.test_eventsub_support import control, grant_key, settle, subscriptions_at_twitch
 
-try:
-    from playwright.async_api import Browser, Page, async_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    async_playwright = None
+if TYPE_CHECKING:
+    from playwright.async_api import Page
+
+browser = browsing.browser  # Chromium, one per test
 
 config_flags, eventsub_options, proxy = (support.config_flags, support.eventsub_options,
                                          support.proxy)
@@ -56,20 +52,6 @@ def _se_alerts_document(field_data: dict[str, Any]) -> str:
         "<script>window.dispatchEvent(new CustomEvent('onWidgetLoad', {detail: "
         f"{{fieldData: {json.dumps(field_data)}}}}}));</script></body></html>"
     )
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if async_playwright is None:
-        browser_missing("Playwright is not installed (pip install -e '.[test]')")
-    if not os.access(CHROMIUM, os.X_OK):
-        browser_missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @pytest.fixture

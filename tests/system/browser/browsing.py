@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import json
 import os
-import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,11 @@ from tests.helpers import login
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
+
+try:
+    from playwright.async_api import async_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    async_playwright = None
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -47,10 +52,20 @@ def browser_missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium through Playwright, for one test (a skip, or under CI a failure,
+    when either is missing)."""
+    if async_playwright is None:
+        browser_missing("Playwright is not installed (pip install -e '.[test]')")
+    if not os.access(CHROMIUM, os.X_OK):
+        browser_missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
 
 
 @web.middleware

@@ -12,22 +12,17 @@ under CI (``$CI`` set), where they fail.
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-
 import pytest
 from aiohttp import web
 
 from proxy.mock_twitch import create_mock_app
 from proxy.web.app import create_app
+from tests.processes import free_port
+from tests.system.browser import browsing
 from tests.system.browser.browsing import (
     ALLOWED_SCOPES,
     AVATAR_SVG,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     KIT,
-    browser_missing,
-    free_port,
     host_page,
     kit_settings,
     legacy_widget_document,
@@ -36,10 +31,7 @@ from tests.system.browser.browsing import (
     twitch_cors,
 )
 
-try:
-    from playwright.async_api import Browser, async_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    async_playwright = None
+browser = browsing.browser  # Chromium, one per test
 
 
 @pytest.fixture
@@ -114,15 +106,3 @@ async def kit_server(aiohttp_server):
     return await aiohttp_server(app)
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if async_playwright is None:
-        browser_missing("Playwright is not installed (pip install -e '.[test]')")
-    if not os.access(CHROMIUM, os.X_OK):
-        browser_missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
