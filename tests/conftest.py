@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from proxy.config import load_config
 from proxy.mock_twitch import MockTwitch, create_mock_app, mock_twitch_key
 from proxy.web.app import create_app
 from tests.helpers import proxy_config_flags
+from tests.processes import free_port
 
 # ---------------------------------------------------------------------------
 # Redis: a real server for the Redis store tests.
@@ -45,12 +45,6 @@ def _redis_answers(url: str, **kwargs: object) -> bool:
         return False
     finally:
         client.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start_redis_server(
@@ -101,7 +95,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     if shutil.which("redis-server") is None:
         _redis_missing("no Redis: REDIS_URL unset, nothing on 127.0.0.1:6379, no redis-server")
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     process = _start_redis_server(tmp_path_factory.mktemp("redis"), url, ["--port", str(port)])
     if process is None:
@@ -126,7 +120,7 @@ def redis_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    port = free_port()
     url = f"rediss://127.0.0.1:{port}/0"
     process = _start_redis_server(
         directory,

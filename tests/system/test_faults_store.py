@@ -18,8 +18,9 @@ from cryptography.fernet import Fernet
 
 from proxy.config import load_config
 from proxy.web.app import create_app
-from tests.conftest import _free_port, _redis_answers, _start_redis_server, _stop_redis_server
+from tests.conftest import _redis_answers, _start_redis_server, _stop_redis_server
 from tests.helpers import bearer, login, proxy_config_flags
+from tests.processes import free_port
 from tests.system.faulty_upstream import grant_survived
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,7 +33,7 @@ def throwaway_redis(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("redis-server is not on PATH (CI is set, so this must run)")
         pytest.skip("redis-server is not on PATH")
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     state = {"process": None}
 
@@ -204,7 +205,7 @@ async def test_redis_unreachable_from_the_start(aiohttp_client, twitch_server, t
     """A proxy whose Redis never answers starts, reports not ready, and answers 503."""
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    url = f"redis://127.0.0.1:{_free_port()}/0?socket_connect_timeout=0.5"
+    url = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.5"
     assert not _redis_answers(url.split("?")[0])
     flags = {**proxy_config_flags(str(twitch_server.make_url("")).rstrip("/")),
              "store.url": url, "store.encryption_key": Fernet.generate_key().decode()}
