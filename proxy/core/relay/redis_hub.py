@@ -77,6 +77,9 @@ class _Grant:
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     leader: Leader | None = None
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Wants are written one at a time: two writes on two connections land in either
+    #: order, and an older count landing last kept a subscription nobody wanted.
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: While handing the grant over: set when the next leader's session is ready.
     successor_ready: asyncio.Event | None = None
 
@@ -236,7 +239,8 @@ class RedisRelay:
 
     async def _publish_wants(self, grant: _Grant) -> None:
         """Write this process's wants for ``grant``, then have the leader (or us) act."""
-        await self._coordination.write_wants(grant.grant_id, grant.counts)
+        async with grant.writing:
+            await self._coordination.write_wants(grant.grant_id, grant.counts)
         await self._lead_or_sync(grant)
 
     async def _lead_or_sync(self, grant: _Grant, *, handover: bool = False) -> None:
